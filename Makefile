@@ -1,0 +1,17 @@
+# The two entry points; everything they need is installed or built by the scripts they call.
+.PHONY: demo test env-build env-up env-down env-status
+
+demo: ## bring up the local environment and run the story
+	bash scripts/demo
+
+test: ## run every test tier (lint, unit, end to end on the real components)
+	bash scripts/test
+
+env-build:
+	bash scripts/env build
+env-up:
+	bash scripts/env up
+env-down:
+	bash scripts/env down
+env-status:
+	bash scripts/env status

@@ -1,0 +1,5 @@
+//! `kubectl rollguard …`: kubectl runs any `kubectl-<name>` binary on PATH as a plugin.
+
+fn main() -> anyhow::Result<()> {
+    rollguard::cli::run()
+}

@@ -1,0 +1,7 @@
+//! rollguard: progressive delivery for Kubernetes that takes a release back when the metrics
+//! say it is worse than what runs today.
+//!
+//! The crate splits a pure core (decisions as functions of plain data) from a thin I/O shell.
+
+pub mod cli;
+pub mod traffic;

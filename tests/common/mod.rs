@@ -1,0 +1,207 @@
+//! Helpers for tests that run against the local environment (`scripts/env up`).
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+pub const NOT_UP: &str = "the local environment is not up: run `scripts/env up` and \
+                          `source target/env/env.sh` (make test does both)";
+
+pub fn env_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; {NOT_UP}"))
+}
+
+pub fn prometheus_url() -> String {
+    env_var("PROMETHEUS_URL")
+}
+
+pub fn alertmanager_url() -> String {
+    env_var("ALERTMANAGER_URL")
+}
+
+pub fn sim_url() -> String {
+    env_var("ROLLGUARD_SIM_URL")
+}
+
+pub async fn client() -> Client {
+    env_var("KUBECONFIG");
+    Client::try_default()
+        .await
+        .unwrap_or_else(|e| panic!("kube client: {e}; {NOT_UP}"))
+}
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{:x}{:04x}",
+        std::process::id() & 0xfff,
+        nanos & 0xffff
+    )
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A namespace of its own for one test, deleted by `cleanup`.
+pub struct TestNamespace {
+    pub client: Client,
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn create(prefix: &str) -> TestNamespace {
+        let client = client().await;
+        let name = unique(prefix);
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))
+            .expect("static namespace manifest");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        // Pods are refused until the namespace's default ServiceAccount exists.
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+        eventually(
+            "the default ServiceAccount",
+            Duration::from_secs(30),
+            || async { sas.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        TestNamespace { client, name }
+    }
+
+    pub async fn apply(&self, ar: &ApiResource, object: Value) {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("manifest has a name")
+            .to_owned();
+        let obj: DynamicObject = serde_json::from_value(object).expect("manifest is an object");
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), &self.name, ar)
+            .patch(
+                &name,
+                &PatchParams::apply("rollguard-e2e").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {} {}/{name}: {e}", ar.kind, self.name));
+    }
+
+    pub async fn wait_deployment_ready(&self, name: &str, replicas: i32) -> Deployment {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), &self.name);
+        eventually(
+            &format!("deployment {name} to have {replicas} ready replicas"),
+            Duration::from_secs(90),
+            || async {
+                let d = api.get(name).await.ok()?;
+                let ready = d.status.as_ref()?.ready_replicas.unwrap_or(0);
+                (ready == replicas).then_some(d)
+            },
+        )
+        .await
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+    }
+}
+
+pub fn core_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// A Deployment of `replicas` pods labelled `app` and `track`, with an optional fault profile.
+pub fn deployment(
+    name: &str,
+    app: &str,
+    track: &str,
+    replicas: i32,
+    profile: Option<&str>,
+) -> Value {
+    let mut annotations = serde_json::Map::new();
+    if let Some(p) = profile {
+        annotations.insert("sim.rollguard.dev/profile".into(), p.into());
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": app, "track": track}},
+            "template": {
+                "metadata": {"labels": {"app": app, "track": track}, "annotations": annotations},
+                "spec": {"containers": [{"name": app, "image": format!("registry.example/{app}@sha256:{}", "0".repeat(64))}]}
+            }
+        }
+    })
+}
+
+pub fn service(name: &str, selector: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    })
+}
+
+/// An instant query; returns (labels, value) for each series.
+pub async fn prometheus_query(query: &str) -> Vec<(Value, f64)> {
+    let url = format!("{}/api/v1/query", prometheus_url());
+    let body: Value = reqwest::Client::new()
+        .get(&url)
+        .query(&[("query", query)])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("decoding the answer to {query}: {e}"));
+    assert_eq!(body["status"], "success", "query {query} failed: {body}");
+    body["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .map(|s| {
+                    let value = s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN);
+                    (s["metric"].clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
