@@ -205,3 +205,79 @@ fn a_component_failing_to_start_takes_the_started_ones_down() {
         env.processes()
     );
 }
+
+#[test]
+#[ignore = "changes the machine's packages when they are missing; run by make test"]
+fn a_missing_tool_names_itself_and_the_fix() {
+    let env = EnvDir::new("tool");
+    // Go is not in the system directories, so this PATH has no go.
+    let build = env.run(
+        "build",
+        &[
+            ("PATH", "/usr/bin:/bin"),
+            ("ROLLGUARD_CACHE", &env.0.join("cache").to_string_lossy()),
+        ],
+    );
+    assert!(!build.status.success());
+    let stderr = text(&build.stderr);
+    assert!(
+        stderr.contains("required tool 'go' is not on PATH"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("fix: install Go"), "{stderr}");
+}
+
+#[test]
+#[ignore = "changes the machine's packages when they are missing; run by make test"]
+fn an_unreachable_module_proxy_stops_the_build_with_the_step_and_the_fix() {
+    let env = EnvDir::new("proxy");
+    let cache = env.0.join("cache");
+    let build = env.run(
+        "build",
+        &[
+            ("GOPROXY", "off"),
+            ("ROLLGUARD_CACHE", &cache.to_string_lossy()),
+        ],
+    );
+    assert!(!build.status.success());
+    let stderr = text(&build.stderr);
+    assert!(stderr.contains("FAILED at step \"etcd v"), "{stderr}");
+    assert!(stderr.contains("check the Go module proxy"), "{stderr}");
+    // Nothing half-built is taken for a cached binary.
+    assert!(
+        !cache
+            .join(format!("etcd-v{}", versions("ETCD_VERSION")))
+            .join("bin")
+            .exists()
+    );
+}
+
+#[test]
+#[ignore = "changes the machine's packages when they are missing; run by make test"]
+fn up_before_build_says_to_build_and_starts_nothing() {
+    let env = EnvDir::new("nobuild");
+    let up = env.run(
+        "up",
+        &[("ROLLGUARD_CACHE", &env.0.join("cache").to_string_lossy())],
+    );
+    assert!(!up.status.success());
+    let stderr = text(&up.stderr);
+    assert!(
+        stderr.contains("is missing") && stderr.contains("fix: run 'scripts/env build' first"),
+        "{stderr}"
+    );
+    assert!(
+        env.processes().is_empty(),
+        "stray processes: {:?}",
+        env.processes()
+    );
+}
+
+fn versions(key: &str) -> String {
+    let text =
+        std::fs::read_to_string(root().join("scripts/versions.env")).expect("scripts/versions.env");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} in scripts/versions.env"))
+        .to_owned()
+}
