@@ -1,5 +1,8 @@
 //! The command line shared by the `rollguard` binary and its `kubectl rollguard` plugin form.
 
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -13,6 +16,12 @@ pub struct Cli {
 pub enum Command {
     /// Print the version of this build.
     Version,
+    /// Print every rollguard CRD as YAML, or write one file per CRD into a directory.
+    Crds {
+        /// Write `<crd name>.yaml` files here instead of printing a multi-document stream.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Parses the arguments and runs the command; `main` of both binaries.
@@ -23,7 +32,29 @@ pub fn run() -> anyhow::Result<()> {
             println!("rollguard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Crds { dir } => print_crds(dir),
     }
+}
+
+fn print_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let crds = crate::api::crds();
+    match dir {
+        None => {
+            for crd in &crds {
+                print!("---\n{}", crate::api::crd_yaml(crd)?);
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in &crds {
+                let path = dir.join(crate::api::crd_file_name(crd));
+                std::fs::write(&path, crate::api::crd_yaml(crd)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,5 +3,6 @@
 //!
 //! The crate splits a pure core (decisions as functions of plain data) from a thin I/O shell.
 
+pub mod api;
 pub mod cli;
 pub mod traffic;

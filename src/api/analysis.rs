@@ -1,0 +1,216 @@
+//! `AnalysisTemplate` and `ClusterAnalysisTemplate`: the metrics that judge a canary.
+//!
+//! Templates hold queries and thresholds, never endpoints: a metric names an admin-owned,
+//! cluster-scoped `MetricProvider`. The schema has no URL field, and unknown fields are refused
+//! by strict field validation, so a tenant cannot point rollguard anywhere.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::Duration;
+
+/// Metrics, their judgments and the run-level rules. Shared by both template kinds.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "rollguard.dev",
+    version = "v1alpha1",
+    kind = "AnalysisTemplate",
+    namespaced,
+    shortname = "rgat",
+    category = "rollguard",
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))"
+).message("metric names must be unique").field_path(".metrics"))]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateSpec {
+    /// Typed arguments, filled from the Rollout's `analysis.args`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub args: Vec<Argument>,
+    #[schemars(length(min = 1, max = 16))]
+    pub metrics: Vec<Metric>,
+    /// What a run of Inconclusive measurements leads to.
+    #[serde(default)]
+    pub on_inconclusive: InconclusiveAction,
+    /// How many Inconclusive measurements in a row trigger `onInconclusive`.
+    #[serde(default = "default_inconclusive_limit")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub inconclusive_limit: i32,
+}
+
+fn default_inconclusive_limit() -> i32 {
+    3
+}
+
+/// The same spec as an AnalysisTemplate, shared by every namespace.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "rollguard.dev",
+    version = "v1alpha1",
+    kind = "ClusterAnalysisTemplate",
+    shortname = "rgcat",
+    category = "rollguard",
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct ClusterAnalysisTemplateSpec {
+    #[serde(flatten)]
+    pub template: AnalysisTemplateSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Argument {
+    #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_]*$"), length(max = 63))]
+    pub name: String,
+    /// The type the value is checked against before it is rendered into a query.
+    #[serde(rename = "type")]
+    pub kind: ArgumentType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArgumentType {
+    /// Rendered as an escaped PromQL string literal.
+    String,
+    Integer,
+    Number,
+    Duration,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum InconclusiveAction {
+    #[default]
+    Pause,
+    Rollback,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum NoDataAction {
+    /// No data is never a Pass.
+    #[default]
+    Inconclusive,
+    Fail,
+}
+
+/// One metric with exactly one judgment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.threshold), has(self.relative), has(self.errorRate), has(self.latency)].filter(x, x).size() == 1"
+).message("a metric has exactly one judgment: threshold, relative, errorRate or latency"))]
+pub struct Metric {
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub name: String,
+    /// Name of the cluster-scoped MetricProvider that answers the queries.
+    pub provider: String,
+    /// How often the metric is measured.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// A Fail rolls back at once.
+    #[serde(default)]
+    pub critical: bool,
+    /// Measured and reported, never acted on.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub on_no_data: NoDataAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Threshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative: Option<Relative>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+}
+
+fn default_interval() -> Duration {
+    Duration::new("10s")
+}
+
+/// The canary's scalar must lie within [min, max].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.min) || has(self.max)").message("set min, max or both"))]
+pub struct Threshold {
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// canary ≤ baseline × maxRatio + maxDelta, on one query evaluated for each arm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Relative {
+    pub query: String,
+    pub max_ratio: f64,
+    #[serde(default)]
+    pub max_delta: f64,
+}
+
+/// A sequential test on request counts that the canary's error proportion exceeds the
+/// baseline's by more than `toleratedRatio`, with a practical floor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRate {
+    /// Counter of all requests of one arm.
+    pub requests: String,
+    /// Counter of failed requests of one arm.
+    pub errors: String,
+    #[serde(default = "default_tolerated_ratio")]
+    #[schemars(range(min = 1.0))]
+    pub tolerated_ratio: f64,
+    /// Differences below this absolute error rate never fail.
+    #[serde(default = "default_floor")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub floor: f64,
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 1))]
+    pub min_requests: i64,
+}
+
+fn default_tolerated_ratio() -> f64 {
+    1.5
+}
+fn default_floor() -> f64 {
+    0.001
+}
+fn default_min_requests() -> i64 {
+    200
+}
+
+/// A sequential test on the share of requests above the baseline's quantile bucket boundaries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    /// Histogram bucket counter of one arm (a `_bucket` series with `le`).
+    pub buckets: String,
+    #[serde(default = "default_quantiles")]
+    #[schemars(length(min = 1, max = 5))]
+    pub quantiles: Vec<f64>,
+    #[serde(default = "default_tolerated_ratio")]
+    #[schemars(range(min = 1.0))]
+    pub tolerated_ratio: f64,
+    /// An absolute cap on the canary's quantile, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 1))]
+    pub min_requests: i64,
+}
+
+fn default_quantiles() -> Vec<f64> {
+    vec![0.5, 0.95, 0.99]
+}

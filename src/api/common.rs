@@ -1,0 +1,74 @@
+//! Field types shared by the rollguard.dev kinds.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// A duration as Kubernetes users write it: `30s`, `5m`, `1h30m`, `250ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Duration(pub String);
+
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+impl Duration {
+    pub fn new(text: &str) -> Duration {
+        Duration(text.to_owned())
+    }
+
+    pub fn parse(&self) -> Result<std::time::Duration, humantime::DurationError> {
+        humantime::parse_duration(&self.0)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+        })
+    }
+}
+
+/// A key of a Secret in the controller's own namespace. Admin-owned kinds name Secrets this way,
+/// so the controller needs `get` on Secrets in one namespace only, never a cluster-wide list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the namespace rollguard runs in.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The standard Kubernetes condition.
+pub type Condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_written() {
+        assert_eq!(
+            Duration::new("1m30s").parse().ok(),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            Duration::new("250ms").parse().ok(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert!(Duration::new("soon").parse().is_err());
+    }
+}

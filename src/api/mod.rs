@@ -1,0 +1,89 @@
+//! The rollguard.dev/v1alpha1 API: Rust types from which the CRDs in `crds/` are generated.
+
+pub mod analysis;
+pub mod common;
+pub mod endpoints;
+pub mod release;
+pub mod rollout;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use analysis::{AnalysisTemplate, ClusterAnalysisTemplate};
+pub use endpoints::{MetricProvider, Receiver};
+pub use release::Release;
+pub use rollout::Rollout;
+
+/// Every CRD of the API, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Rollout::crd(),
+        Release::crd(),
+        AnalysisTemplate::crd(),
+        ClusterAnalysisTemplate::crd(),
+        MetricProvider::crd(),
+        Receiver::crd(),
+    ]
+}
+
+/// The file name a CRD is committed under in `crds/`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+/// A CRD as YAML, as committed in `crds/`.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser::Error> {
+    serde_saphyr::to_string(crd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn committed_crds_match_the_rust_types() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let mut expected: Vec<String> = Vec::new();
+        for crd in crds() {
+            let name = crd_file_name(&crd);
+            expected.push(name.clone());
+            let generated = crd_yaml(&crd).expect("CRDs serialize to YAML");
+            let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "crds/{name} differs from the Rust types; run `cargo run -- crds --dir crds` and commit"
+            );
+        }
+        let mut present: Vec<String> = std::fs::read_dir(&dir)
+            .expect("crds/ exists")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect();
+        present.sort();
+        expected.sort();
+        assert_eq!(
+            present, expected,
+            "crds/ holds a file no Rust type generates"
+        );
+    }
+
+    #[test]
+    fn every_kind_is_in_the_rollguard_category_with_short_names() {
+        for crd in crds() {
+            let names = &crd.spec.names;
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&["rollguard".to_string()][..]),
+                "{}",
+                names.kind
+            );
+            assert!(
+                names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+                "{}",
+                names.kind
+            );
+            assert_eq!(crd.spec.group, "rollguard.dev");
+        }
+    }
+}

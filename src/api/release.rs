@@ -1,0 +1,127 @@
+//! `Release`: one record per (Rollout, artifact digest), the release inventory.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::Condition;
+
+/// Legal phase moves. Unstable leaves only with an override that gives a reason.
+pub const PHASE_TRANSITION_RULE: &str = "!has(oldSelf.phase) || !has(self.phase) || self.phase == oldSelf.phase \
+|| (oldSelf.phase == 'Candidate' && self.phase in ['Progressing', 'Unstable', 'Superseded']) \
+|| (oldSelf.phase == 'Progressing' && self.phase in ['Stable', 'Unstable', 'Superseded']) \
+|| (oldSelf.phase == 'Stable' && self.phase in ['Superseded', 'Unstable']) \
+|| (oldSelf.phase == 'Superseded' && self.phase == 'Stable') \
+|| (oldSelf.phase == 'Unstable' && self.phase in ['Stable', 'Candidate'] \
+    && has(self.override) && self.override.reason.trim().size() > 0)";
+
+/// An artifact that a Rollout delivered or tried to: its images by digest and the whole pod
+/// template, so that a rollback restores the configuration too, not just the image.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "rollguard.dev",
+    version = "v1alpha1",
+    kind = "Release",
+    namespaced,
+    status = "ReleaseStatus",
+    shortname = "rgrel",
+    category = "rollguard",
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".spec.rollout"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("Release.spec is immutable"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.allowTags || self.images.all(i, i.image.matches('@sha256:[a-f0-9]{64}$'))"
+).message("images must be pinned as image@sha256:<64 hex> unless allowTags is set")
+ .field_path(".images"))]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSpec {
+    /// The Rollout this Release belongs to.
+    pub rollout: String,
+    /// The image of each container, as deployed.
+    #[schemars(length(min = 1, max = 64))]
+    pub images: Vec<ContainerImage>,
+    /// Copied from the Rollout: images may be tags instead of digests.
+    #[serde(default)]
+    pub allow_tags: bool,
+    /// The full pod template at the time of the release (env, resources, ports, probes…).
+    #[schemars(schema_with = "preserved_object")]
+    pub pod_template: serde_json::Value,
+    /// The version label of the pods, when they carry one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The target's `kubernetes.io/change-cause` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_cause: Option<String>,
+}
+
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerImage {
+    pub container: String,
+    /// `registry/repository@sha256:<64 hex>`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum ReleasePhase {
+    #[default]
+    Candidate,
+    Progressing,
+    Stable,
+    Superseded,
+    /// Judged worse than the baseline; never canaried again without an override.
+    Unstable,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(PHASE_TRANSITION_RULE).message(
+    "illegal phase transition; an Unstable Release moves on only with status.override.reason set"
+))]
+pub struct ReleaseStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ReleasePhase>,
+    /// A human's decision to lift the Unstable verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#override: Option<Override>,
+    /// Who did what to this Release, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub history: Vec<HistoryEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Override {
+    /// Why the Unstable verdict no longer holds. Required, and recorded.
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    pub by: String,
+    /// RFC 3339 time of the override.
+    pub at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// promote, abort, pause, resume, rollback, override, …
+    pub action: String,
+    pub by: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,0 +1,285 @@
+//! `Rollout`: the delivery policy and live state of one service.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Duration};
+
+/// Delivery policy for one service: which Deployment declares the version, how traffic moves to
+/// a canary, how the canary is judged, and who hears about a rollback.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "rollguard.dev",
+    version = "v1alpha1",
+    kind = "Rollout",
+    namespaced,
+    status = "RolloutStatus",
+    shortname = "rgro",
+    category = "rollguard",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.currentStep"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.shortDigest"}"#,
+    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canary.shortDigest"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// The user's Deployment whose pod template declares the desired version, by digest.
+    /// rollguard scales it to zero and treats it as the source of truth only.
+    pub target_ref: TargetRef,
+    /// How canary traffic is weighted. Without one, the canary's share follows the replica
+    /// counts of the canary and stable Deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_router: Option<TrafficRouter>,
+    /// The canary steps, in order. setWeight values never decrease.
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()"
+    ).message("setWeight steps must never decrease"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub steps: Vec<Step>,
+    /// What judges the canary while each step lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<RolloutAnalysis>,
+    /// What the canary is compared against: the stable pods (default), or a fresh baseline
+    /// Deployment on the stable digest started together with the canary.
+    #[serde(default)]
+    pub baseline: BaselineMode,
+    /// How long a canary may take to become ready before the Rollout rolls back.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+    /// Refuse pod templates whose images are not pinned by digest (`image@sha256:…`).
+    #[serde(default = "default_true")]
+    pub require_digest: bool,
+    /// After promotion, keep judging for this long; a failure then restores the previous
+    /// stable digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_window: Option<Duration>,
+    /// Who is told when a release is rolled back, and how loudly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+    /// How many Releases to keep per Rollout. Unstable Releases a target still refers to are
+    /// never pruned.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub history_limit: i32,
+}
+
+fn default_progress_deadline() -> Duration {
+    Duration::new("10m")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_history_limit() -> i32 {
+    10
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// Name of the Deployment in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Exactly one router names the route object whose weights rollguard writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.gatewayAPI), has(self.istio), has(self.smi)].filter(x, x).size() == 1"
+).message("set exactly one of gatewayAPI, istio or smi"))]
+pub struct TrafficRouter {
+    /// A Gateway API HTTPRoute whose backendRefs name the stable and canary Services.
+    #[serde(
+        default,
+        rename = "gatewayAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiRouter>,
+    /// An Istio VirtualService, optionally with DestinationRule subsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioRouter>,
+    /// An SMI TrafficSplit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smi: Option<SmiRouter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouter {
+    /// Name of the HTTPRoute in the Rollout's namespace.
+    #[schemars(length(min = 1))]
+    pub http_route: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioRouter {
+    /// Name of the VirtualService in the Rollout's namespace.
+    #[schemars(length(min = 1))]
+    pub virtual_service: String,
+    /// Only these named http routes are weighted; all of them when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// Weight subsets of one host instead of separate Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_rule: Option<DestinationRuleSubsets>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleSubsets {
+    pub name: String,
+    pub stable_subset: String,
+    pub canary_subset: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmiRouter {
+    /// Name of the TrafficSplit in the Rollout's namespace.
+    #[schemars(length(min = 1))]
+    pub traffic_split: String,
+}
+
+/// One canary step: set a weight, or pause.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.setWeight) != has(self.pause)")
+    .message("a step sets a weight or pauses, not both"))]
+pub struct Step {
+    /// Percent of traffic for the canary. The step lasts `duration` (default: until the
+    /// analysis has enough evidence) and advances only on a Pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0 && self <= 100")
+        .message("setWeight must be within 0..100"))]
+    pub set_weight: Option<i32>,
+    /// Minimum time at this weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+    /// Hold here: for `duration` when set, else until `rollguard resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutAnalysis {
+    /// Templates to run for the whole canary, continuously.
+    #[schemars(length(min = 1))]
+    pub templates: Vec<TemplateRef>,
+    /// Values for the templates' arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<ArgValue>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    pub name: String,
+    /// Refer to a ClusterAnalysisTemplate instead of an AnalysisTemplate in this namespace.
+    #[serde(default)]
+    pub cluster_scope: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum BaselineMode {
+    /// Compare against the stable pods serving the rest of the traffic.
+    #[default]
+    Stable,
+    /// Start `<name>-baseline` on the stable digest with the canary's replicas and weight.
+    Fresh,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    #[default]
+    Error,
+    Warning,
+    Info,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// Names of cluster-scoped Receivers.
+    #[schemars(length(min = 1))]
+    pub receivers: Vec<String>,
+    /// Severity of an automatic rollback; rollbacks that fail to recover are always critical.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Link to the service's runbook, shown to the incident commander.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<String>,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum RolloutPhase {
+    #[default]
+    Initializing,
+    Stable,
+    Progressing,
+    Paused,
+    Promoting,
+    RollingBack,
+    RolledBack,
+    Blocked,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// Why the Rollout is in its phase, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Index of the step in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<i32>,
+    /// The canary weight last written and verified on the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<ReleaseRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<ReleaseRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Release as the Rollout's status points at it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRef {
+    pub release: String,
+    /// `sha256:…` of the primary container's image.
+    pub digest: String,
+    /// The first 12 hex digits, for printer columns.
+    pub short_digest: String,
+}
