@@ -6,4 +6,14 @@ CACHE=${ROLLGUARD_CACHE:-$HOME/.cache/rollguard}
 if [ -z "${CARGO_TARGET_DIR:-}" ]; then
   rustc_version=$(rustc --version 2>/dev/null | awk '{print $2}')
   export CARGO_TARGET_DIR=$CACHE/cargo-target-${rustc_version:-unknown}
+  # Cargo names a workspace crate's artifacts the same in every checkout, and judges them
+  # fresh by file times. So a binary built in another clone could be reused here, with that
+  # clone's code and paths. When the checkout changes, rebuild our own crates (deps stay warm).
+  marker=$CARGO_TARGET_DIR/.rollguard-checkout
+  if [ "$(cat "$marker" 2>/dev/null)" != "$ROOT" ] && command -v cargo >/dev/null 2>&1; then
+    if [ -d "$CARGO_TARGET_DIR" ]; then
+      (cd "$ROOT" && cargo clean --quiet -p rollguard -p rollguard-sim 2>/dev/null) || true
+    fi
+    mkdir -p "$CARGO_TARGET_DIR" && printf '%s\n' "$ROOT" >"$marker"
+  fi
 fi

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams, ValidationDirective};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -159,9 +159,10 @@ async fn crds_install_and_valid_objects_are_accepted() {
     )
     .await
     .expect("valid AnalysisTemplate");
+    let provider_name = unique("e2e-prometheus");
     let provider = json!({
         "apiVersion": "rollguard.dev/v1alpha1", "kind": "MetricProvider",
-        "metadata": {"name": unique("e2e-prometheus")},
+        "metadata": {"name": provider_name},
         "spec": {"prometheus": {"address": "http://prometheus.monitoring:9090", "timeout": "3s"}, "allowedNamespaces": ["*"]}
     });
     apply(
@@ -172,9 +173,10 @@ async fn crds_install_and_valid_objects_are_accepted() {
     )
     .await
     .expect("valid MetricProvider");
+    let receiver_name = unique("e2e-oncall");
     let receiver = json!({
         "apiVersion": "rollguard.dev/v1alpha1", "kind": "Receiver",
-        "metadata": {"name": unique("e2e-oncall")},
+        "metadata": {"name": receiver_name},
         "spec": {"pagerDuty": {"routingKey": {"name": "rollguard-pagerduty", "key": "routing-key"}}}
     });
     apply(c, None, &resource("Receiver", "receivers"), &receiver)
@@ -189,6 +191,20 @@ async fn crds_install_and_valid_objects_are_accepted() {
     assert!(stored.spec.require_digest);
     assert_eq!(stored.spec.history_limit, 10);
     assert_eq!(stored.spec.progress_deadline.0, "10m");
+
+    // Cluster-scoped objects outlive the namespace; remove them here.
+    for (ar, name) in [
+        (
+            resource("MetricProvider", "metricproviders"),
+            &provider_name,
+        ),
+        (resource("Receiver", "receivers"), &receiver_name),
+    ] {
+        Api::<DynamicObject>::all_with(c.clone(), &ar)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting {} {name}: {e}", ar.kind));
+    }
     ns.cleanup().await;
 }
 

@@ -2,11 +2,15 @@
 //! Each test runs a separate environment in a directory of its own.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout under test. Read at run time: the cargo target dir is shared between
+/// checkouts, so the compile-time path may name a clone that no longer exists.
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 struct EnvDir(PathBuf);

@@ -134,7 +134,7 @@ impl MeshMetrics {
                 self.requests.get_or_create(&labels).inc_by(count);
                 let h = self.durations.get_or_create(&labels);
                 for _ in 0..count {
-                    h.observe(profile.sample_latency_ms(&latency, rng));
+                    h.observe(latency.sample(rng));
                 }
             }
         }

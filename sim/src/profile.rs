@@ -9,8 +9,7 @@
 //! The simulator reads it from each Ready pod, so it follows any workload controller, and a
 //! change to a running pod's annotation shows up on the next tick.
 
-use rand::Rng;
-use rand_distr::{Distribution, LogNormal};
+use rand_distr::LogNormal;
 use serde::Deserialize;
 
 pub const PROFILE_ANNOTATION: &str = "sim.rollguard.dev/profile";
@@ -110,10 +109,6 @@ impl FaultProfile {
         let sigma = (self.p99_ms.ln() - mu) / Z_99;
         LogNormal::new(mu, sigma).expect("validate() guarantees a finite mu and sigma >= 0")
     }
-
-    pub fn sample_latency_ms<R: Rng + ?Sized>(&self, latency: &LogNormal<f64>, rng: &mut R) -> f64 {
-        latency.sample(rng)
-    }
 }
 
 #[cfg(test)]
@@ -121,6 +116,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand_distr::Distribution;
 
     #[test]
     fn parses_with_defaults() {
@@ -171,9 +167,7 @@ mod tests {
         let p = FaultProfile::parse(r#"{"p50Ms": 20, "p99Ms": 200}"#).expect("valid profile");
         let dist = p.latency();
         let mut rng = StdRng::seed_from_u64(7);
-        let mut xs: Vec<f64> = (0..200_000)
-            .map(|_| p.sample_latency_ms(&dist, &mut rng))
-            .collect();
+        let mut xs: Vec<f64> = (0..200_000).map(|_| dist.sample(&mut rng)).collect();
         xs.sort_by(f64::total_cmp);
         let q = |f: f64| xs[(f * xs.len() as f64) as usize];
         assert!((q(0.50) - 20.0).abs() < 0.5, "p50 {}", q(0.50));

@@ -43,13 +43,20 @@ mod tests {
 
     #[test]
     fn committed_crds_match_the_rust_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        // Cargo sets CARGO_MANIFEST_DIR when it runs a test. The compile-time value can name
+        // another checkout: the cargo target dir is shared, so a binary built in one clone is
+        // reused by the next.
+        let root = std::env::var_os("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        let dir = Path::new(&root).join("crds");
         let mut expected: Vec<String> = Vec::new();
         for crd in crds() {
             let name = crd_file_name(&crd);
             expected.push(name.clone());
             let generated = crd_yaml(&crd).expect("CRDs serialize to YAML");
-            let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+                panic!("crds/{name} cannot be read ({e}); run `cargo run -- crds --dir crds`")
+            });
             assert!(
                 committed == generated,
                 "crds/{name} differs from the Rust types; run `cargo run -- crds --dir crds` and commit"
