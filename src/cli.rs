@@ -16,11 +16,12 @@ pub struct Cli {
 pub enum Command {
     /// Print the version of this build.
     Version,
-    /// Print every rollguard CRD as YAML, or write one file per CRD into a directory.
+    /// Print every rollguard CRD as YAML, or write one file per CRD into directories.
     Crds {
         /// Write `<crd name>.yaml` files here instead of printing a multi-document stream.
+        /// Repeat to fill several directories (the repository keeps `crds/` and the chart's copy).
         #[arg(long)]
-        dir: Option<PathBuf>,
+        dir: Vec<PathBuf>,
     },
 }
 
@@ -36,22 +37,20 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-fn print_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn print_crds(dirs: Vec<PathBuf>) -> anyhow::Result<()> {
     let crds = crate::api::crds();
-    match dir {
-        None => {
-            for crd in &crds {
-                print!("---\n{}", crate::api::crd_yaml(crd)?);
-            }
+    if dirs.is_empty() {
+        for crd in &crds {
+            print!("---\n{}", crate::api::crd_yaml(crd)?);
         }
-        Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for crd in &crds {
-                let path = dir.join(crate::api::crd_file_name(crd));
-                std::fs::write(&path, crate::api::crd_yaml(crd)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                eprintln!("wrote {}", path.display());
-            }
+    }
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for crd in &crds {
+            let path = dir.join(crate::api::crd_file_name(crd));
+            std::fs::write(&path, crate::api::crd_yaml(crd)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
         }
     }
     Ok(())

@@ -3,43 +3,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const DIGEST: &str = "sha256:1d6f3b8e2c7a4f5d9e0b1c2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f2e";
-
-async fn install_crds(client: &Client) {
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in rollguard::api::crds() {
-        let name = crd.metadata.name.clone().expect("generated CRDs are named");
-        crds.patch(
-            &name,
-            &PatchParams::apply("rollguard-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        eventually(
-            &format!("CRD {name} to be Established"),
-            Duration::from_secs(30),
-            || async {
-                let c = crds.get(&name).await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-}
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
     core_resource("rollguard.dev/v1alpha1", kind, plural)

@@ -41,6 +41,11 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// Where generated CRDs are committed: the repository's `crds/` and the chart's copy, which
+    /// Helm can only read from inside the chart.
+    const CRD_DIRS: [&str; 2] = ["crds", "charts/rollguard/files/crds"];
+    const REGENERATE: &str = "make crds";
+
     #[test]
     fn committed_crds_match_the_rust_types() {
         // Cargo sets CARGO_MANIFEST_DIR when it runs a test. The compile-time value can name
@@ -48,31 +53,33 @@ mod tests {
         // reused by the next.
         let root = std::env::var_os("CARGO_MANIFEST_DIR")
             .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-        let dir = Path::new(&root).join("crds");
-        let mut expected: Vec<String> = Vec::new();
-        for crd in crds() {
-            let name = crd_file_name(&crd);
-            expected.push(name.clone());
-            let generated = crd_yaml(&crd).expect("CRDs serialize to YAML");
-            let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
-                panic!("crds/{name} cannot be read ({e}); run `cargo run -- crds --dir crds`")
-            });
-            assert!(
-                committed == generated,
-                "crds/{name} differs from the Rust types; run `cargo run -- crds --dir crds` and commit"
+        for rel in CRD_DIRS {
+            let dir = Path::new(&root).join(rel);
+            let mut expected: Vec<String> = Vec::new();
+            for crd in crds() {
+                let name = crd_file_name(&crd);
+                expected.push(name.clone());
+                let generated = crd_yaml(&crd).expect("CRDs serialize to YAML");
+                let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+                    panic!("{rel}/{name} cannot be read ({e}); run `{REGENERATE}`")
+                });
+                assert!(
+                    committed == generated,
+                    "{rel}/{name} differs from the Rust types; run `{REGENERATE}` and commit"
+                );
+            }
+            let mut present: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{rel}/ cannot be listed ({e}); run `{REGENERATE}`"))
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".yaml"))
+                .collect();
+            present.sort();
+            expected.sort();
+            assert_eq!(
+                present, expected,
+                "{rel}/ holds a file no Rust type generates"
             );
         }
-        let mut present: Vec<String> = std::fs::read_dir(&dir)
-            .expect("crds/ exists")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".yaml"))
-            .collect();
-        present.sort();
-        expected.sort();
-        assert_eq!(
-            present, expected,
-            "crds/ holds a file no Rust type generates"
-        );
     }
 
     #[test]

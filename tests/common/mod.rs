@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
@@ -131,6 +132,34 @@ impl TestNamespace {
     }
 }
 
+/// Applies the generated CRDs with server-side apply and waits until each is Established.
+pub async fn install_crds(client: &Client) {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in rollguard::api::crds() {
+        let name = crd.metadata.name.clone().expect("generated CRDs are named");
+        crds.patch(
+            &name,
+            &PatchParams::apply("rollguard-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        eventually(
+            &format!("CRD {name} to be Established"),
+            Duration::from_secs(30),
+            || async {
+                let c = crds.get(&name).await.ok()?;
+                c.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 pub fn core_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     ApiResource {
@@ -204,4 +233,65 @@ pub async fn prometheus_query(query: &str) -> Vec<(Value, f64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The checkout under test, from the runtime CARGO_MANIFEST_DIR: the cargo target dir is shared
+/// between checkouts, so the compile-time value can name another one.
+pub fn repo_root() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
+}
+
+/// What a command printed, and whether it succeeded.
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a tool from the environment's PATH (kubectl, helm), optionally feeding `stdin`.
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Run {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}; {NOT_UP}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to {program}: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Like `run`, but a failure panics with the command and its output.
+pub fn run_ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let r = run(program, args, stdin);
+    assert!(
+        r.ok,
+        "{program} {} failed:\n{}{}",
+        args.join(" "),
+        r.stdout,
+        r.stderr
+    );
+    r.stdout
 }

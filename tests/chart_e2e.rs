@@ -1,0 +1,449 @@
+//! The Helm chart in `charts/rollguard/`: its values schema refuses bad values, the rendering
+//! carries the hardening and the toggles, the rendered chart is accepted by the real apiserver,
+//! and its ServiceAccount may do what the controller needs and nothing more.
+//!
+//! The rendering tests use the `helm` the environment builds (`scripts/env build`), which
+//! `target/env/env.sh` puts on PATH.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use serde_json::Value;
+
+const RELEASE: &str = "rg";
+
+fn chart() -> String {
+    repo_root().join("charts/rollguard").display().to_string()
+}
+
+/// `helm template` with the given `--set` values; the rendered objects as JSON.
+fn render(namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.as_str(),
+        "--namespace",
+        namespace,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let yaml = run_ok("helm", &args, None);
+    let docs: Vec<Option<Value>> =
+        serde_saphyr::from_multiple(&yaml).expect("helm renders valid YAML");
+    docs.into_iter().flatten().collect()
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind}, rendered {:?}",
+        kinds(objects)
+    );
+    found[0]
+}
+
+/// YAML's `1` and the schema's `1.0` are the same number to the apiserver.
+fn numbers_as_floats(v: Value) -> Value {
+    match v {
+        Value::Number(n) => n.as_f64().map_or(Value::Number(n), |f| f.into()),
+        Value::Array(a) => a.into_iter().map(numbers_as_floats).collect(),
+        Value::Object(o) => o
+            .into_iter()
+            .map(|(k, v)| (k, numbers_as_floats(v)))
+            .collect(),
+        other => other,
+    }
+}
+
+fn count(objects: &[Value], kind: &str) -> usize {
+    objects.iter().filter(|o| o["kind"] == kind).count()
+}
+
+#[test]
+#[ignore = "needs helm from the local environment (scripts/env build); run by make test"]
+fn chart_lints_and_its_values_schema_names_each_bad_value() {
+    run_ok("helm", &["lint", "--strict", &chart()], None);
+    let chart = chart();
+    let cases = [
+        ("replicas=0", "/replicas"),
+        (
+            "securityContext.readOnlyRootFilesystem=false",
+            "/securityContext/readOnlyRootFilesystem",
+        ),
+        (
+            "podSecurityContext.runAsNonRoot=false",
+            "/podSecurityContext/runAsNonRoot",
+        ),
+        ("image.digest=latest", "/image/digest"),
+        ("controller.logFormat=xml", "/controller/logFormat"),
+        (
+            "controller.leaderElection.leaseDuration=soon",
+            "/controller/leaderElection/leaseDuration",
+        ),
+        ("replica=2", "replica"),
+    ];
+    for (set, path) in cases {
+        let r = run("helm", &["template", RELEASE, &chart, "--set", set], None);
+        assert!(!r.ok, "helm accepted --set {set}");
+        assert!(
+            r.stderr.contains(path),
+            "the error for --set {set} does not name {path}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs helm from the local environment (scripts/env build); run by make test"]
+fn rendered_chart_is_hardened_and_its_toggles_work() {
+    let objects = render("rollguard-system", &[]);
+    let deployment = one(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["securityContext"]["runAsUser"], 65534);
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert!(
+            container[probe]["httpGet"]["path"].is_string(),
+            "{probe} is missing"
+        );
+    }
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    // One replica: no overlap of two writers during an upgrade, and no PDB to block drains.
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(count(&objects, "PodDisruptionBudget"), 0);
+    assert_eq!(count(&objects, "ServiceMonitor"), 0);
+    let service = one(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["name"], "http");
+
+    // The CRDs are the generated ones, plus the keep policy and the chart's labels.
+    let generated: Vec<Value> = rollguard::api::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).expect("CRDs serialize"))
+        .collect();
+    assert_eq!(count(&objects, "CustomResourceDefinition"), generated.len());
+    for crd in objects
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+    {
+        let name = crd["metadata"]["name"].as_str().expect("CRDs are named");
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name} would be deleted by helm uninstall"
+        );
+        let mut bare = crd.clone();
+        let meta = bare["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
+        meta.remove("annotations");
+        meta.remove("labels");
+        let expected = generated
+            .iter()
+            .find(|g| g["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart renders {name}, which no Rust type generates"));
+        assert!(
+            numbers_as_floats(bare) == numbers_as_floats(expected.clone()),
+            "the chart's {name} differs from the Rust types; run `make crds`"
+        );
+    }
+
+    let ha = render(
+        "rollguard-system",
+        &["replicas=3", "serviceMonitor.enabled=true"],
+    );
+    let pdb = one(&ha, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let deployment = one(&ha, "Deployment");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let monitor = one(&ha, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+
+    let no_crds = render("rollguard-system", &["crds.install=false"]);
+    assert_eq!(count(&no_crds, "CustomResourceDefinition"), 0);
+    assert_eq!(count(&no_crds, "Deployment"), 1);
+
+    let gateway_only = render(
+        "rollguard-system",
+        &["rbac.routers.istio=false", "rbac.routers.smi=false"],
+    );
+    let groups: BTreeSet<&str> = one(&gateway_only, "ClusterRole")["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| r["apiGroups"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(groups.contains("gateway.networking.k8s.io"));
+    assert!(!groups.contains("networking.istio.io"), "{groups:?}");
+    assert!(!groups.contains("split.smi-spec.io"), "{groups:?}");
+}
+
+#[test]
+#[ignore = "needs helm from the local environment (scripts/env build); run by make test"]
+fn cluster_role_holds_no_secret_access_no_wildcards_and_no_update_of_routes() {
+    let objects = render("rollguard-system", &[]);
+    let rules = one(&objects, "ClusterRole")["rules"]
+        .as_array()
+        .expect("rules")
+        .clone();
+    let route_groups = [
+        "gateway.networking.k8s.io",
+        "networking.istio.io",
+        "split.smi-spec.io",
+    ];
+    for rule in &rules {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let (groups, resources, verbs) = (list("apiGroups"), list("resources"), list("verbs"));
+        for field in [&groups, &resources, &verbs] {
+            assert!(!field.iter().any(|v| v == "*"), "wildcard in {rule}");
+        }
+        assert!(
+            !resources.iter().any(|r| r == "secrets"),
+            "cluster-wide Secret access: {rule}"
+        );
+        if groups.iter().any(|g| route_groups.contains(&g.as_str())) {
+            assert!(
+                !verbs.iter().any(|v| v == "update"),
+                "update on a route object: {rule}"
+            );
+        }
+    }
+}
+
+/// Every RBAC rule in the chart's templates is introduced by a comment that says why it exists.
+#[test]
+fn every_rbac_rule_in_the_chart_says_why_it_exists() {
+    for file in ["clusterrole.yaml", "role.yaml"] {
+        let path = repo_root().join("charts/rollguard/templates").join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let lines: Vec<&str> = text.lines().collect();
+        let mut rules = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with("- apiGroups:") {
+                continue;
+            }
+            rules += 1;
+            // A template conditional may sit between the comment and its rule.
+            let previous = lines[..i]
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .find(|l| !l.starts_with("{{"))
+                .unwrap_or("");
+            assert!(
+                previous.starts_with('#'),
+                "{file}:{}: the rule has no comment saying why it exists",
+                i + 1
+            );
+        }
+        assert!(rules > 0, "{file} has no rules");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn rendered_chart_applies_with_server_side_dry_run() {
+    let ns = TestNamespace::create("e2e-chart-dry").await;
+    for sets in [&[][..], &["replicas=3", "serviceMonitor.enabled=true"][..]] {
+        let objects = render(&ns.name, sets);
+        let yaml = objects
+            .iter()
+            .map(|o| serde_json::to_string(o).expect("JSON"))
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        let out = run_ok(
+            "kubectl",
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--dry-run=server",
+                "-f",
+                "-",
+            ],
+            Some(&yaml),
+        );
+        let applied = out
+            .lines()
+            .filter(|l| l.contains("(server dry run)"))
+            .count();
+        assert_eq!(
+            applied,
+            objects.len(),
+            "with {sets:?} the apiserver accepted {applied} of {} objects:\n{out}",
+            objects.len()
+        );
+    }
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn chart_service_account_may_do_what_the_controller_needs_and_no_more() {
+    let ns = TestNamespace::create("e2e-chart-rbac").await;
+    let release = unique("rg");
+    let chart = chart();
+    // The CRDs may already be installed by other tests: take them over, as an upgrade from a
+    // plain `kubectl apply -f crds/` would.
+    run_ok(
+        "helm",
+        &[
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            &ns.name,
+            "--take-ownership",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+        None,
+    );
+    let sa = format!("system:serviceaccount:{}:{release}-rollguard", ns.name);
+    let other_ns = "kube-public";
+    let cases: [(&str, &str, Option<&str>, bool); 17] = [
+        ("patch", "httproutes.gateway.networking.k8s.io", None, true),
+        ("patch", "virtualservices.networking.istio.io", None, true),
+        ("patch", "trafficsplits.split.smi-spec.io", None, true),
+        ("patch", "deployments.apps", None, true),
+        ("create", "deployments.apps", Some(other_ns), true),
+        (
+            "patch",
+            "rollouts.rollguard.dev/status",
+            Some(other_ns),
+            true,
+        ),
+        ("create", "releases.rollguard.dev", Some(other_ns), true),
+        ("create", "events.events.k8s.io", Some(other_ns), true),
+        ("get", "secrets", Some(&ns.name), true),
+        (
+            "update",
+            "httproutes.gateway.networking.k8s.io",
+            None,
+            false,
+        ),
+        ("list", "secrets", None, false),
+        ("watch", "secrets", None, false),
+        ("get", "secrets", Some(other_ns), false),
+        ("list", "secrets", Some(&ns.name), false),
+        ("delete", "namespaces", None, false),
+        ("delete", "deployments.apps", Some(other_ns), false),
+        ("update", "rollouts.rollguard.dev", Some(other_ns), false),
+    ];
+    let mut wrong = Vec::new();
+    for (verb, resource, namespace, expected) in cases {
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];
+        match namespace {
+            Some(n) => args.extend(["--namespace", n]),
+            None => args.push("--all-namespaces"),
+        }
+        // can-i exits 1 for "no"; the answer is on stdout either way.
+        let r = run("kubectl", &args, None);
+        let answer = r.stdout.trim() == "yes";
+        if answer != expected {
+            wrong.push(format!(
+                "{verb} {resource} in {}: expected {expected}, got {:?} {}",
+                namespace.unwrap_or("all namespaces"),
+                r.stdout.trim(),
+                r.stderr.trim()
+            ));
+        }
+    }
+    // The leader Lease: created, then renewed by its name only.
+    let lease = |verb: &str, name: Option<&str>| {
+        let resource = match name {
+            Some(n) => format!("leases.coordination.k8s.io/{n}"),
+            None => "leases.coordination.k8s.io".to_owned(),
+        };
+        run(
+            "kubectl",
+            &[
+                "auth", "can-i", verb, &resource, "--as", &sa, "-n", &ns.name,
+            ],
+            None,
+        )
+        .stdout
+        .trim()
+            == "yes"
+    };
+    for (verb, name, expected) in [
+        ("create", None, true),
+        ("update", Some("rollguard-leader"), true),
+        ("update", Some("someone-elses-lease"), false),
+        ("delete", Some("rollguard-leader"), false),
+    ] {
+        if lease(verb, name) != expected {
+            wrong.push(format!("{verb} lease {name:?}: expected {expected}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the chart's RBAC is off:\n{}",
+        wrong.join("\n")
+    );
+
+    // Uninstalling removes the controller and its RBAC but keeps the CRDs (and every Rollout).
+    run_ok(
+        "helm",
+        &["uninstall", &release, "--namespace", &ns.name, "--wait"],
+        None,
+    );
+    let role = run(
+        "kubectl",
+        &["get", "clusterrole", &format!("{release}-rollguard")],
+        None,
+    );
+    assert!(!role.ok, "the ClusterRole survived helm uninstall");
+    let crd = run_ok(
+        "kubectl",
+        &[
+            "get",
+            "crd",
+            "rollouts.rollguard.dev",
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ],
+        None,
+    );
+    assert!(
+        crd.contains("keep"),
+        "the Rollout CRD lost its keep policy: {crd}"
+    );
+    ns.cleanup().await;
+}
