@@ -3,6 +3,7 @@
 //!
 //! The crate splits a pure core (decisions as functions of plain data) from a thin I/O shell.
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod traffic;

@@ -169,7 +169,11 @@ pub struct ErrorRate {
     pub requests: String,
     /// Counter of failed requests of one arm.
     pub errors: String,
-    #[serde(default = "default_tolerated_ratio")]
+    /// The canary fails only when its observed error rate is at least this many times the
+    /// baseline's. The anytime-valid test itself is against "the canary is no worse", so this
+    /// is the practical size of a regression worth a rollback; it is also the margin a Pass
+    /// must show the canary is within.
+    #[serde(default = "default_error_ratio")]
     #[schemars(range(min = 1.0))]
     pub tolerated_ratio: f64,
     /// Differences below this absolute error rate never fail.
@@ -184,8 +188,11 @@ pub struct ErrorRate {
 fn default_tolerated_ratio() -> f64 {
     1.5
 }
+fn default_error_ratio() -> f64 {
+    1.25
+}
 fn default_floor() -> f64 {
-    0.001
+    0.0002
 }
 fn default_min_requests() -> i64 {
     200

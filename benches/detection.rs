@@ -1,0 +1,387 @@
+//! Detection benchmark for the error-rate judgment: false positives per rollout-hour and time to
+//! detect, against the rules users configure in Argo Rollouts and Flagger today and against a
+//! plain conditional-binomial mixture e-process, all calibrated to the same false-positive rate.
+//!
+//! `cargo bench --bench detection` (add `-- --quick` for a smoke run). Fixed seeds: the numbers
+//! are reproducible. Streams are per second: Poisson request counts per arm and binomial errors,
+//! a regression present from the first second; each method sees the identical stream.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Binomial, Distribution, Poisson};
+use rollguard::analysis::sequential::canary_event_probability;
+use rollguard::analysis::share::{ArmCounts, ShareConfig, ShareJudge};
+
+const HOUR: usize = 3600;
+const EVAL_EVERY: usize = 5;
+const TARGET_FP: f64 = 0.01;
+
+#[derive(Clone, Copy)]
+struct Traffic {
+    canary_rps: f64,
+    baseline_rps: f64,
+    base_rate: f64,
+}
+
+/// One second of one arm.
+#[derive(Clone, Copy, Default)]
+struct Second {
+    requests: f64,
+    errors: f64,
+}
+
+fn stream(t: Traffic, mult: f64, seed: u64) -> Vec<(Second, Second)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut arm = |rps: f64, rate: f64, rng: &mut StdRng| {
+        let n = Poisson::new(rps).map(|d| d.sample(rng)).unwrap_or(0.0) as u64;
+        let e = Binomial::new(n, rate.min(1.0))
+            .map(|d| d.sample(rng))
+            .unwrap_or(0);
+        Second {
+            requests: n as f64,
+            errors: e as f64,
+        }
+    };
+    (0..HOUR)
+        .map(|_| {
+            let c = arm(t.canary_rps, t.base_rate * mult, &mut rng);
+            let b = arm(t.baseline_rps, t.base_rate, &mut rng);
+            (c, b)
+        })
+        .collect()
+}
+
+/// A method turns a stream into a "danger" trace: one value per evaluation, with the time of
+/// that evaluation. It alarms the first time the value exceeds its calibrated threshold.
+trait Method {
+    fn name(&self) -> &'static str;
+    fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)>;
+}
+
+fn sum(s: &[(Second, Second)]) -> (Second, Second) {
+    s.iter()
+        .fold((Second::default(), Second::default()), |(a, b), (c, d)| {
+            (
+                Second {
+                    requests: a.requests + c.requests,
+                    errors: a.errors + c.errors,
+                },
+                Second {
+                    requests: b.requests + d.requests,
+                    errors: b.errors + d.errors,
+                },
+            )
+        })
+}
+
+/// rollguard's `errorRate` judgment with its defaults, evaluated every 5 s.
+struct Rollguard;
+impl Method for Rollguard {
+    fn name(&self) -> &'static str {
+        "rollguard errorRate"
+    }
+    fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
+        let mut judge = ShareJudge::new(ShareConfig::new(1.25, 0.0002, 200.0));
+        s.chunks(EVAL_EVERY)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let (c, b) = sum(chunk);
+                judge.observe(
+                    ArmCounts {
+                        requests: c.requests,
+                        events: c.errors,
+                    },
+                    ArmCounts {
+                        requests: b.requests,
+                        events: b.errors,
+                    },
+                );
+                ((i + 1) * EVAL_EVERY, judge.fail_statistic())
+            })
+            .collect()
+    }
+}
+
+/// The plain mixture: null ratio 1.1, a uniform prior on six rate ratios, every 5 s.
+struct PlainMixture;
+impl Method for PlainMixture {
+    fn name(&self) -> &'static str {
+        "plain mixture e-process"
+    }
+    fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
+        let grid = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0];
+        let null = 1.1;
+        let mut llr = [0.0f64; 6];
+        s.chunks(EVAL_EVERY)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let (c, b) = sum(chunk);
+                let total = c.requests + b.requests;
+                if total > 0.0 && c.requests > 0.0 && b.requests > 0.0 {
+                    let share = c.requests / total;
+                    let p0 = canary_event_probability(share, null);
+                    for (k, r) in grid.iter().enumerate() {
+                        let p = canary_event_probability(share, *r);
+                        llr[k] +=
+                            c.errors * (p / p0).ln() + b.errors * ((1.0 - p) / (1.0 - p0)).ln();
+                    }
+                }
+                let m = llr.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let ln_e = m + (llr.iter().map(|x| (x - m).exp()).sum::<f64>() / 6.0).ln();
+                ((i + 1) * EVAL_EVERY, ln_e)
+            })
+            .collect()
+    }
+}
+
+/// Success rate of the canary per 1-minute measurement, failing below a threshold; the run
+/// fails at the `limit`-th failed measurement. Argo: `result >= 0.99`, `failureLimit: 3`
+/// (fails on the 4th). Flagger: success rate ≥ 99% per 1 m check, `threshold: 5`.
+/// The danger value is the `limit`-th largest per-minute error ratio so far.
+struct PerMinute {
+    name: &'static str,
+    limit: usize,
+}
+impl Method for PerMinute {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
+        let mut ratios: Vec<f64> = Vec::new();
+        s.chunks(60)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let (c, _) = sum(chunk);
+                // No requests: Argo and Flagger treat NaN as a failed (or errored) measurement;
+                // count it as maximal danger only when it happens, which it does not at ≥ 1 rps.
+                ratios.push(if c.requests > 0.0 {
+                    c.errors / c.requests
+                } else {
+                    1.0
+                });
+                let mut sorted = ratios.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let danger = sorted
+                    .get(self.limit - 1)
+                    .copied()
+                    .unwrap_or(f64::NEG_INFINITY);
+                ((i + 1) * 60, danger)
+            })
+            .collect()
+    }
+}
+
+/// The threshold at which `fp` of the null runs alarm: alarms are `value > threshold`.
+fn calibrate(null_maxima: &mut [f64], fp: f64) -> f64 {
+    null_maxima.sort_by(f64::total_cmp);
+    let allowed = (null_maxima.len() as f64 * fp).floor() as usize;
+    let idx = null_maxima.len() - 1 - allowed;
+    // Ties at the threshold would alarm together; step just above them.
+    null_maxima[idx]
+}
+
+fn first_alarm(trace: &[(usize, f64)], threshold: f64) -> Option<usize> {
+    trace.iter().find(|(_, v)| *v > threshold).map(|(t, _)| *t)
+}
+
+fn quantile(sorted: &[Option<usize>], q: f64) -> String {
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    match sorted[idx] {
+        Some(t) => format!("{t} s"),
+        None => "> 1 h".to_owned(),
+    }
+}
+
+struct Cell {
+    label: &'static str,
+    traffic: Traffic,
+    multipliers: &'static [f64],
+}
+
+/// Per method: the maxima of the A/A runs, and per regression the first alarm of each run at
+/// the calibrated and at the usual threshold.
+fn run_cell(
+    ci: usize,
+    cell: &Cell,
+    methods: &[Box<dyn Method + Sync>],
+    null_runs: usize,
+    det_runs: usize,
+) -> Vec<String> {
+    let default_threshold = (1.0 / rollguard::analysis::share::ALPHA).ln();
+    let usual = |m: &dyn Method| match m.name() {
+        "rollguard errorRate" | "plain mixture e-process" => default_threshold,
+        _ => 0.01,
+    };
+    // A/A: one stream per run, every method on the same stream.
+    let maxima: Vec<Vec<f64>> = parallel(null_runs, |r| {
+        let s = stream(cell.traffic, 1.0, 1_000_000 * (ci as u64 + 1) + r as u64);
+        methods
+            .iter()
+            .map(|m| {
+                m.trace(&s)
+                    .iter()
+                    .map(|(_, v)| *v)
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
+            .collect()
+    });
+    let mut thresholds = Vec::new();
+    let mut usual_fp = Vec::new();
+    for (k, m) in methods.iter().enumerate() {
+        let mut column: Vec<f64> = maxima.iter().map(|row| row[k]).collect();
+        usual_fp.push(
+            column.iter().filter(|v| **v > usual(m.as_ref())).count() as f64 / column.len() as f64,
+        );
+        thresholds.push(calibrate(&mut column, TARGET_FP));
+    }
+    let mut rows = Vec::new();
+    for &mult in cell.multipliers {
+        // (calibrated, usual) first alarm per method per run.
+        let alarms: Vec<Vec<(Option<usize>, Option<usize>)>> = parallel(det_runs, |r| {
+            let seed = 9_000_000 * (ci as u64 + 1) + r as u64 + (mult * 1000.0) as u64;
+            let s = stream(cell.traffic, mult, seed);
+            methods
+                .iter()
+                .enumerate()
+                .map(|(k, m)| {
+                    let trace = m.trace(&s);
+                    (
+                        first_alarm(&trace, thresholds[k]),
+                        first_alarm(&trace, usual(m.as_ref())),
+                    )
+                })
+                .collect()
+        });
+        for (k, m) in methods.iter().enumerate() {
+            let mut calibrated: Vec<Option<usize>> = alarms.iter().map(|row| row[k].0).collect();
+            let mut at_usual: Vec<Option<usize>> = alarms.iter().map(|row| row[k].1).collect();
+            calibrated.sort_by_key(|t| t.unwrap_or(usize::MAX));
+            at_usual.sort_by_key(|t| t.unwrap_or(usize::MAX));
+            let detected = calibrated.iter().filter(|t| t.is_some()).count();
+            rows.push(format!(
+                "| {} | x{} | {} | {:.0}% | {} | {} | {:.2}% | {} |",
+                cell.label,
+                mult,
+                m.name(),
+                detected as f64 * 100.0 / det_runs as f64,
+                quantile(&calibrated, 0.5),
+                quantile(&calibrated, 0.9),
+                usual_fp[k] * 100.0,
+                quantile(&at_usual, 0.5),
+            ));
+        }
+    }
+    rows
+}
+
+/// Runs `f` over 0..n on two threads (the benchmark machine has two cores), in order.
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let half = n / 2;
+    std::thread::scope(|scope| {
+        let f = &f;
+        let second = scope.spawn(move || (half..n).map(f).collect::<Vec<T>>());
+        let mut out: Vec<T> = (0..half).map(f).collect();
+        out.extend(second.join().expect("benchmark thread"));
+        out
+    })
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (null_runs, det_runs) = if quick { (300, 60) } else { (2000, 300) };
+    let cells = [
+        Cell {
+            label: "100 vs 100 rps, 0.5%",
+            traffic: Traffic {
+                canary_rps: 100.0,
+                baseline_rps: 100.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[1.5, 2.0, 5.0],
+        },
+        Cell {
+            label: "10 vs 90 rps (10%), 0.5%",
+            traffic: Traffic {
+                canary_rps: 10.0,
+                baseline_rps: 90.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[1.5, 2.0, 4.0, 5.0],
+        },
+        Cell {
+            label: "5 vs 95 rps (5%), 0.5%",
+            traffic: Traffic {
+                canary_rps: 5.0,
+                baseline_rps: 95.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[2.0, 5.0],
+        },
+        Cell {
+            label: "50 vs 50 rps (50%), 0.5%",
+            traffic: Traffic {
+                canary_rps: 50.0,
+                baseline_rps: 50.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[2.0, 5.0],
+        },
+        Cell {
+            label: "10 vs 10 rps, 0.5%",
+            traffic: Traffic {
+                canary_rps: 10.0,
+                baseline_rps: 10.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[2.0, 5.0],
+        },
+        Cell {
+            label: "1000 vs 1000 rps, 0.05%",
+            traffic: Traffic {
+                canary_rps: 1000.0,
+                baseline_rps: 1000.0,
+                base_rate: 0.0005,
+            },
+            multipliers: &[1.5, 2.0, 5.0],
+        },
+        Cell {
+            label: "100 vs 100 rps, 0.05%",
+            traffic: Traffic {
+                canary_rps: 100.0,
+                baseline_rps: 100.0,
+                base_rate: 0.0005,
+            },
+            multipliers: &[1.5, 2.0, 5.0],
+        },
+    ];
+    let methods: Vec<Box<dyn Method + Sync>> = vec![
+        Box::new(Rollguard),
+        Box::new(PlainMixture),
+        Box::new(PerMinute {
+            name: "Argo result>=0.99, failureLimit 3",
+            limit: 4,
+        }),
+        Box::new(PerMinute {
+            name: "Flagger success>=99%, threshold 5",
+            limit: 5,
+        }),
+    ];
+    println!(
+        "# error-rate detection: {null_runs} A/A rollout-hours per traffic cell, {det_runs} runs per regression, evaluated every {EVAL_EVERY} s (peers every 60 s)"
+    );
+    println!(
+        "# TTD columns: every method calibrated to {:.0}% false positives per rollout-hour on the cell's own A/A runs; the last two columns are each method at its usual setting (alpha = 0.01; success rate >= 99%)\n",
+        TARGET_FP * 100.0
+    );
+    println!(
+        "| traffic (canary vs baseline), baseline errors | regression | method | detected in 1 h | median TTD | p90 TTD | FP/rollout-hour, usual setting | median TTD, usual setting |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (ci, cell) in cells.iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        for row in run_cell(ci, cell, &methods, null_runs, det_runs) {
+            println!("{row}");
+        }
+        eprintln!("[bench] {} done in {:.1?}", cell.label, t0.elapsed());
+    }
+}

@@ -1,0 +1,7 @@
+//! The analysis engine: safe query rendering, the metric source, and the judgments that turn
+//! per-arm measurements into Pass, Fail or Inconclusive with evidence.
+
+pub mod render;
+pub mod sequential;
+pub mod share;
+pub mod verdict;
