@@ -32,7 +32,7 @@ struct Second {
 
 fn stream(t: Traffic, mult: f64, seed: u64) -> Vec<(Second, Second)> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut arm = |rps: f64, rate: f64, rng: &mut StdRng| {
+    let arm = |rps: f64, rate: f64, rng: &mut StdRng| {
         let n = Poisson::new(rps).map(|d| d.sample(rng)).unwrap_or(0.0) as u64;
         let e = Binomial::new(n, rate.min(1.0))
             .map(|d| d.sample(rng))

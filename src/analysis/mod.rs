@@ -4,4 +4,5 @@
 pub mod render;
 pub mod sequential;
 pub mod share;
+pub mod source;
 pub mod verdict;

@@ -1,0 +1,135 @@
+//! The Prometheus metric source against the real Prometheus of the local environment, and
+//! against loopback servers that refuse or never answer: every failure is an error or a
+//! `NoValue` with its reason, never a number.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rollguard::analysis::source::{
+    Credentials, MetricSource, NoValue, PrometheusSource, SourceError, scalar,
+};
+
+fn source(address: &str, timeout: Duration) -> PrometheusSource {
+    PrometheusSource::new(address, timeout, &Credentials::default()).expect("valid source")
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn answers_and_every_kind_of_missing_value_from_the_real_prometheus() {
+    let prom = source(&prometheus_url(), Duration::from_secs(5));
+    let at = now();
+    let one = prom.query("vector(1)", at).await.expect("answered");
+    assert_eq!(scalar(&one), Ok(1.0));
+    let cases: [(&str, NoValue); 4] = [
+        ("vector(0) / 0", NoValue::NaN),
+        ("vector(1) / 0", NoValue::Infinite(f64::INFINITY)),
+        (r#"up{job="no-such-job"}"#, NoValue::Empty),
+        (
+            r#"label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")"#,
+            NoValue::Several(2),
+        ),
+    ];
+    for (query, expected) in cases {
+        let answer = prom.query(query, at).await.expect("answered");
+        assert_eq!(scalar(&answer), Err(expected), "{query}");
+    }
+    let err = prom.query("sum(", at).await.expect_err("syntax error");
+    assert!(
+        matches!(&err, SourceError::Prometheus { kind, .. } if kind.contains("BadData")),
+        "{err}"
+    );
+    let err = prom.query("up[1m]", at).await.expect_err("range vector");
+    assert!(err.to_string().contains("range vector"), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_wrong_path_is_an_http_error_with_the_status() {
+    let prom = source(
+        &format!("{}/not-prometheus/", prometheus_url()),
+        Duration::from_secs(5),
+    );
+    let err = prom.query("vector(1)", now()).await.expect_err("404");
+    assert!(
+        matches!(err, SourceError::Http { status: 404, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unreachable() {
+    // Bind, note the port, and close it again: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let prom = source(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2));
+    let err = prom.query("vector(1)", now()).await.expect_err("refused");
+    assert!(matches!(err, SourceError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
+
+/// A server that accepts connections and never answers, for the lifetime of the test.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: the test makes a handful of connections at most.
+        for _ in 0..16 {
+            match listener.accept().await {
+                Ok((socket, _)) => held.push(socket),
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    (address, task)
+}
+
+#[tokio::test]
+async fn a_prometheus_that_never_answers_times_out_with_the_reason() {
+    let (address, server) = silent_server().await;
+    let prom = source(&address, Duration::from_millis(800));
+    let start = Instant::now();
+    let err = prom.query("vector(1)", now()).await.expect_err("timeout");
+    let took = start.elapsed();
+    assert!(matches!(err, SourceError::Timeout { .. }), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the timeout was not enforced: {took:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_slow_prometheus_does_not_hold_up_queries_to_another() {
+    let (address, server) = silent_server().await;
+    let slow = source(&address, Duration::from_secs(3));
+    let fast = source(&prometheus_url(), Duration::from_secs(3));
+    let start = Instant::now();
+    let (slow_answer, fast_answer) = tokio::join!(slow.query("vector(1)", now()), async {
+        let answer = fast.query("vector(1)", now()).await;
+        (answer, start.elapsed())
+    });
+    let (fast_answer, fast_took) = fast_answer;
+    assert_eq!(scalar(&fast_answer.expect("answered")), Ok(1.0));
+    assert!(
+        fast_took < Duration::from_secs(1),
+        "the fast query waited: {fast_took:?}"
+    );
+    assert!(matches!(slow_answer, Err(SourceError::Timeout { .. })));
+    server.abort();
+}
