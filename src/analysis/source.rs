@@ -156,9 +156,14 @@ impl PrometheusSource {
             .default_headers(headers)
             .user_agent(concat!("rollguard/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &credentials.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| SourceError::Config(format!("the CA bundle is not PEM: {e}")))?
-            {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| SourceError::Config(format!("the CA bundle is not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(SourceError::Config(
+                    "the CA bundle holds no PEM certificate".into(),
+                ));
+            }
+            for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
