@@ -9,8 +9,9 @@
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, Poisson};
-use rollguard::analysis::sequential::canary_event_probability;
+use rollguard::analysis::sequential::ShareTest;
 use rollguard::analysis::share::{ArmCounts, ShareConfig, ShareJudge};
+use rollguard::api::analysis::ErrorRate;
 
 const HOUR: usize = 3600;
 const EVAL_EVERY: usize = 5;
@@ -81,7 +82,12 @@ impl Method for Rollguard {
         "rollguard errorRate"
     }
     fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
-        let mut judge = ShareJudge::new(ShareConfig::new(1.25, 0.0002, 200.0));
+        // The defaults a template gets when it names only the two queries.
+        let defaults: ErrorRate = serde_json::from_value(serde_json::json!({
+            "requests": "requests", "errors": "errors"
+        }))
+        .expect("a minimal errorRate");
+        let mut judge = ShareJudge::new(ShareConfig::from(&defaults));
         s.chunks(EVAL_EVERY)
             .enumerate()
             .map(|(i, chunk)| {
@@ -109,26 +115,21 @@ impl Method for PlainMixture {
         "plain mixture e-process"
     }
     fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
-        let grid = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0];
-        let null = 1.1;
-        let mut llr = [0.0f64; 6];
+        // Alternatives 1.25, 1.5, 2, 3, 5, 10 (as multiples of the null 1.1), equal weights.
+        let grid: Vec<(f64, f64)> = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0]
+            .iter()
+            .map(|r| (r / 1.1, 1.0 / 6.0))
+            .collect();
+        let mut test = ShareTest::with_grid(1.1, &grid);
         s.chunks(EVAL_EVERY)
             .enumerate()
             .map(|(i, chunk)| {
                 let (c, b) = sum(chunk);
                 let total = c.requests + b.requests;
-                if total > 0.0 && c.requests > 0.0 && b.requests > 0.0 {
-                    let share = c.requests / total;
-                    let p0 = canary_event_probability(share, null);
-                    for (k, r) in grid.iter().enumerate() {
-                        let p = canary_event_probability(share, *r);
-                        llr[k] +=
-                            c.errors * (p / p0).ln() + b.errors * ((1.0 - p) / (1.0 - p0)).ln();
-                    }
+                if total > 0.0 {
+                    test.update(c.errors, b.errors, c.requests / total);
                 }
-                let m = llr.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let ln_e = m + (llr.iter().map(|x| (x - m).exp()).sum::<f64>() / 6.0).ln();
-                ((i + 1) * EVAL_EVERY, ln_e)
+                ((i + 1) * EVAL_EVERY, test.ln_e())
             })
             .collect()
     }

@@ -29,15 +29,16 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+fn load_file(file: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let docs: Vec<Option<Value>> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    docs.into_iter().flatten().collect()
+}
+
 fn load(dir: &Path) -> Vec<Value> {
-    let mut objects = Vec::new();
-    for file in yaml_files(dir) {
-        let text = std::fs::read_to_string(&file).expect("readable example");
-        let docs: Vec<Option<Value>> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        objects.extend(docs.into_iter().flatten());
-    }
-    objects
+    yaml_files(dir).iter().flat_map(|f| load_file(f)).collect()
 }
 
 fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
@@ -205,81 +206,72 @@ fn every_example_set_is_complete_and_consistent() {
     }
 }
 
+/// Server-side apply of a file or directory; returns how many objects the apiserver applied.
+/// Strict field validation is kubectl's default, so an unknown field fails the apply.
+fn apply(path: &Path) -> usize {
+    let path = path.to_str().expect("UTF-8 path");
+    let out = run_ok(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=rollguard-examples",
+            "--force-conflicts",
+            "-f",
+            path,
+        ],
+        None,
+    );
+    out.lines()
+        .filter(|l| l.contains("serverside-applied"))
+        .count()
+}
+
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn examples_and_analysis_templates_apply_with_server_side_apply() {
     let client = client().await;
     install_crds(&client).await;
     let root = repo_root();
-    let mut applied = 0;
     for (set, _) in SETS {
         let dir = root.join("examples").join(set);
-        let dir = dir.to_str().expect("UTF-8 path");
-        // Strict field validation is kubectl's default: an unknown field fails the apply.
-        let out = run_ok(
-            "kubectl",
-            &[
-                "apply",
-                "--server-side",
-                "--field-manager=rollguard-examples",
-                "--force-conflicts",
-                "-f",
-                dir,
-            ],
-            None,
+        let objects = load(&dir);
+        assert_eq!(
+            apply(&dir),
+            objects.len(),
+            "{set}: not every object was applied"
         );
-        applied += out
-            .lines()
-            .filter(|l| l.contains("serverside-applied"))
-            .count();
+        let ns = objects
+            .iter()
+            .find(|o| o["kind"] == "Rollout")
+            .and_then(|r| r["metadata"]["namespace"].as_str())
+            .expect("namespaced Rollout");
         for kind in ["rollouts.rollguard.dev", "deployments"] {
-            let ns = load(Path::new(dir))
-                .iter()
-                .find(|o| o["kind"] == "Rollout")
-                .and_then(|r| r["metadata"]["namespace"].as_str().map(str::to_owned))
-                .expect("namespaced Rollout");
-            let listed = run_ok("kubectl", &["get", kind, "-n", &ns, "-o", "name"], None);
+            let listed = run_ok("kubectl", &["get", kind, "-n", ns, "-o", "name"], None);
             assert!(
                 !listed.trim().is_empty(),
                 "{set}: no {kind} in {ns} after apply"
             );
         }
     }
-    let expected: usize = SETS
-        .iter()
-        .map(|(s, _)| load(&root.join("examples").join(s)).len())
-        .sum();
-    assert_eq!(applied, expected, "not every example object was applied");
 
     // Ready-made templates (analysis-templates/*.yaml); ClusterAnalysisTemplates need no namespace.
-    let templates = root.join("analysis-templates");
-    for file in yaml_files(&templates) {
-        let file = file.to_str().expect("UTF-8 path");
-        run_ok(
-            "kubectl",
-            &[
-                "apply",
-                "--server-side",
-                "--field-manager=rollguard-examples",
-                "--force-conflicts",
-                "-f",
-                file,
-            ],
-            None,
+    for file in yaml_files(&root.join("analysis-templates")) {
+        let objects = load_file(&file);
+        assert_eq!(
+            apply(&file),
+            objects.len(),
+            "{}: not every object was applied",
+            file.display()
         );
     }
 
     for (set, _) in SETS {
         let dir = root.join("examples").join(set);
+        let dir = dir.to_str().expect("UTF-8 path");
         let _ = run(
             "kubectl",
-            &[
-                "delete",
-                "--timeout=60s",
-                "--ignore-not-found",
-                "-f",
-                dir.to_str().expect("UTF-8"),
-            ],
+            &["delete", "--timeout=60s", "--ignore-not-found", "-f", dir],
             None,
         );
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::sequential::{ShareTest, Side, rate_upper_bound};
 use super::verdict::Verdict;
+use crate::api::analysis::ErrorRate;
 
 /// Level of the failure test over a whole analysis.
 pub const ALPHA: f64 = 0.01;
@@ -29,6 +30,12 @@ pub struct ShareConfig {
     pub floor: f64,
     pub min_requests: f64,
     pub alpha: f64,
+}
+
+impl From<&ErrorRate> for ShareConfig {
+    fn from(e: &ErrorRate) -> ShareConfig {
+        ShareConfig::new(e.tolerated_ratio, e.floor, e.min_requests as f64)
+    }
 }
 
 impl ShareConfig {
@@ -56,23 +63,6 @@ impl ArmCounts {
     }
 }
 
-/// What the judgment saw and computed; part of every measurement's evidence.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ShareStats {
-    pub canary: ArmCounts,
-    pub baseline: ArmCounts,
-    /// Canary rate over baseline rate (absent while the baseline has no events).
-    pub ratio: Option<f64>,
-    /// e-value against "the canary is no worse"; fails at `fail_threshold`.
-    pub e_worse: f64,
-    pub fail_threshold: f64,
-    /// e-value against "the canary is worse by toleratedRatio or more"; passes at
-    /// `pass_threshold`.
-    pub e_not_worse: f64,
-    pub pass_threshold: f64,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShareJudge {
     config: ShareConfig,
@@ -91,10 +81,6 @@ impl ShareJudge {
             canary: ArmCounts::default(),
             baseline: ArmCounts::default(),
         }
-    }
-
-    pub fn config(&self) -> &ShareConfig {
-        &self.config
     }
 
     /// Adds one tick's increments. Negative or non-finite increments (a counter reset that was
@@ -142,22 +128,6 @@ impl ShareJudge {
             self.worse.ln_e()
         } else {
             f64::NEG_INFINITY
-        }
-    }
-
-    pub fn stats(&self) -> ShareStats {
-        let ratio = match (self.canary.rate(), self.baseline.rate()) {
-            (Some(c), Some(b)) if b > 0.0 => Some(c / b),
-            _ => None,
-        };
-        ShareStats {
-            canary: self.canary,
-            baseline: self.baseline,
-            ratio,
-            e_worse: self.worse.e_value(),
-            fail_threshold: 1.0 / self.config.alpha,
-            e_not_worse: self.not_worse.e_value(),
-            pass_threshold: 1.0 / PASS_ALPHA,
         }
     }
 
@@ -296,6 +266,16 @@ mod tests {
         j.observe(counts(4e7, 4000.0), counts(4e7, 2000.0));
         assert!(j.worse.rejects(ALPHA), "the test itself rejects");
         assert_ne!(j.verdict().0, Verdict::Fail, "{}", j.verdict().1);
+    }
+
+    #[test]
+    fn the_config_follows_the_templates_errorrate_and_its_defaults() {
+        let e: ErrorRate = serde_json::from_value(serde_json::json!({
+            "requests": "sum(r{a=\"{{arm}}\"})",
+            "errors": "sum(e{a=\"{{arm}}\"})"
+        }))
+        .expect("a minimal errorRate");
+        assert_eq!(ShareConfig::from(&e), ShareConfig::new(1.25, 0.0002, 200.0));
     }
 
     #[test]

@@ -48,12 +48,7 @@ pub enum NoValue {
     NaN,
     #[error("the query returned {0}")]
     Infinite(f64),
-    #[error("the query returned {0} series; more than {1} is refused")]
-    TooMany(usize, usize),
 }
-
-/// The most series a histogram query may return before it is refused as a runaway.
-pub const MAX_SERIES: usize = 200;
 
 /// A source of instant-query answers.
 pub trait MetricSource: Send + Sync {
