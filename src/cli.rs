@@ -3,7 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::analysis::judge::Arm;
+use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
+use crate::analysis::source::{Credentials, PrometheusSource};
+use crate::backtest::{format_time, parse_time};
+use crate::lint::Severity;
 
 #[derive(Debug, Parser)]
 #[command(name = "rollguard", version, about, propagate_version = true)]
@@ -23,6 +29,73 @@ pub enum Command {
         #[arg(long)]
         dir: Vec<PathBuf>,
     },
+    /// Check analysis templates offline: schema, arguments, PromQL, and sound judgments.
+    /// Exits 1 when there is an error.
+    Lint {
+        /// YAML files; documents other than AnalysisTemplate/ClusterAnalysisTemplate are skipped.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Replay a template over a past time range against Prometheus, as the controller would,
+    /// and print the verdicts and the first Fail with its evidence.
+    Backtest(Box<BacktestArgs>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BacktestArgs {
+    /// Prometheus base URL; it answers for every provider the template names.
+    #[arg(long)]
+    prometheus: String,
+    /// The YAML file holding the template.
+    #[arg(long)]
+    template: PathBuf,
+    /// Which template of the file, when it holds several.
+    #[arg(long)]
+    name: Option<String>,
+    /// A template argument, `name=value`. Repeat for more.
+    #[arg(long = "arg", value_parser = parse_key_value)]
+    args: Vec<(String, String)>,
+    /// The namespace `{{namespace}}` stands for.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The Rollout's name: the arms are `<rollout>-canary` and `<rollout>-stable`.
+    #[arg(long, required_unless_present_all = ["canary", "baseline"])]
+    rollout: Option<String>,
+    /// The Deployment `{{arm}}` names for the canary (default `<rollout>-canary`).
+    #[arg(long)]
+    canary: Option<String>,
+    /// The Deployment `{{arm}}` names for the baseline (default `<rollout>-stable`).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Start: RFC 3339, unix seconds, or `now-1h`.
+    #[arg(long)]
+    from: String,
+    /// End: RFC 3339, unix seconds, or `now`.
+    #[arg(long, default_value = "now")]
+    to: String,
+    /// How often the controller evaluates; each metric is measured on its own interval.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    step: std::time::Duration,
+    /// Per-query timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not name=value"))
 }
 
 /// Parses the arguments and runs the command; `main` of both binaries.
@@ -34,6 +107,241 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crds { dir } => print_crds(dir),
+        Command::Lint { files, output } => {
+            if !lint(&files, output)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Backtest(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(backtest(*args)),
+    }
+}
+
+/// Prints the findings; returns whether there were no errors.
+fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
+    let reports = crate::lint::lint_files(files);
+    let count = |s: Severity| {
+        reports
+            .iter()
+            .flat_map(|r| &r.findings)
+            .filter(|f| f.severity == s)
+            .count()
+    };
+    let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
+    let templates: usize = reports.iter().map(|r| r.templates).sum();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "files": reports,
+                "templates": templates,
+                "errors": errors,
+                "warnings": warnings,
+            }))?
+        ),
+        Output::Text => {
+            for f in reports.iter().flat_map(|r| &r.findings) {
+                println!("{f}");
+            }
+            eprintln!(
+                "{} file(s), {templates} template(s): {errors} error(s), {warnings} warning(s)",
+                files.len()
+            );
+        }
+    }
+    Ok(errors == 0)
+}
+
+async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let from = parse_time(&a.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
+    let to = parse_time(&a.to, now).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    anyhow::ensure!(
+        from <= to,
+        "--from {} is after --to {}",
+        format_time(from),
+        format_time(to)
+    );
+    let step = a.step.as_secs().max(1) as i64;
+    anyhow::ensure!(
+        (to - from) / step <= 100_000,
+        "{} evaluations; use a larger --step or a shorter range",
+        (to - from) / step
+    );
+    let templates = crate::templates::load(&a.template)?;
+    let template = match &a.name {
+        Some(name) => templates
+            .iter()
+            .find(|t| &t.name == name)
+            .with_context(|| format!("{}: no template named {name:?}", a.template.display()))?,
+        None => match templates.as_slice() {
+            [one] => one,
+            [] => anyhow::bail!("{}: no AnalysisTemplate in the file", a.template.display()),
+            many => anyhow::bail!(
+                "{}: {} templates ({}); choose one with --name",
+                a.template.display(),
+                many.len(),
+                many.iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    };
+    let arm = |given: &Option<String>, suffix: &str| {
+        given
+            .clone()
+            .or_else(|| a.rollout.as_ref().map(|r| format!("{r}-{suffix}")))
+            .unwrap_or_default()
+    };
+    let target = Target {
+        namespace: a.namespace.clone(),
+        canary: arm(&a.canary, "canary"),
+        baseline: arm(&a.baseline, "stable"),
+        args: a.args.clone(),
+    };
+    let mut run = AnalysisRun::new(&template.spec, &target)
+        .map_err(|e| anyhow::anyhow!("{}: spec.{e}", a.template.display()))?;
+    let source = PrometheusSource::new(&a.prometheus, a.timeout, &Credentials::default())
+        .map_err(|e| anyhow::anyhow!("--prometheus: {e}"))?;
+    let text = a.output == Output::Text;
+    if text {
+        println!(
+            "backtest of {} {:?}: {} → {}, every {}s ({} evaluations)",
+            template.kind,
+            template.name,
+            format_time(from),
+            format_time(to),
+            step,
+            (to - from) / step + 1
+        );
+        println!(
+            "canary {:?}, baseline {:?}, namespace {:?}\n",
+            target.canary, target.baseline, target.namespace
+        );
+        println!("{:<22}{:<22}{:<14}REASON", "TIME", "METRIC", "VERDICT");
+    }
+    let total = (to - from) / step + 1;
+    let mut last: std::collections::BTreeMap<String, (crate::analysis::verdict::Verdict, bool)> =
+        Default::default();
+    let mut seen = 0i64;
+    let report = crate::backtest::replay(
+        &template.name,
+        &mut run,
+        &source,
+        from,
+        to,
+        step,
+        |m, decision| {
+            seen += 1;
+            if text {
+                let key = (m.verdict, m.problem.is_some());
+                if last.insert(m.metric.clone(), key) != Some(key) {
+                    println!(
+                        "{:<22}{:<22}{:<14}{}",
+                        format_time(m.at),
+                        m.metric,
+                        m.verdict.to_string(),
+                        m.reason
+                    );
+                }
+                if let Some(d) = decision {
+                    println!(
+                        "{:<22}{:<22}{:<14}{}",
+                        format_time(m.at),
+                        "→ decision",
+                        d.name(),
+                        describe(d)
+                    );
+                }
+            } else if seen % 500 == 0 {
+                eprintln!("{seen} measurements made ({total} evaluations in all)");
+            }
+        },
+    )
+    .await;
+    if !text {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!();
+    match &report.first_fail {
+        None => println!(
+            "no Fail over {} measurements; final decision: {}",
+            report.measurements.len(),
+            report
+                .decisions
+                .last()
+                .map_or("Running", |d| d.decision.name())
+        ),
+        Some(m) => print_evidence(m, from),
+    }
+    Ok(())
+}
+
+fn describe(d: &Decision) -> String {
+    match d {
+        Decision::Running => "collecting evidence".into(),
+        Decision::Pass => "every metric passes".into(),
+        Decision::Fail {
+            metric, critical, ..
+        } => format!(
+            "{metric} fails{}",
+            if *critical {
+                " (critical: roll back now)"
+            } else {
+                ""
+            }
+        ),
+        Decision::Inconclusive { metric, action, .. } => {
+            format!("{metric} cannot be measured: {action:?}")
+        }
+    }
+}
+
+fn print_evidence(m: &Measurement, from: i64) {
+    println!(
+        "first Fail: {} ({}s after the start), metric {:?}",
+        format_time(m.at),
+        m.at - from,
+        m.metric
+    );
+    println!("  reason:    {}", m.reason);
+    if let Some(s) = &m.statistic {
+        println!(
+            "  statistic: {} = {:.3} against {:.3}",
+            s.name, s.value, s.threshold
+        );
+    }
+    for (arm, counts) in [(Arm::Canary, m.canary), (Arm::Baseline, m.baseline)] {
+        if let Some(c) = counts {
+            println!(
+                "  {arm:<9}  {} requests, {} events ({})",
+                c.requests,
+                c.events,
+                c.rate()
+                    .map_or("n/a".into(), |r| format!("{:.3}%", r * 100.0))
+            );
+        }
+    }
+    for q in &m.queries {
+        let value = match (&q.error, q.value) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, Some(v)) => format!("= {v}"),
+            (None, None) => format!("{} series", q.series),
+        };
+        println!(
+            "  {:<9} {:<9} {}  {value}",
+            q.arm.to_string(),
+            format!("{:?}", q.role).to_lowercase(),
+            q.promql
+        );
     }
 }
 
@@ -64,6 +372,46 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backtest_needs_arms_and_parses_arguments() {
+        let base = [
+            "rollguard",
+            "backtest",
+            "--prometheus",
+            "http://127.0.0.1:9090",
+            "--template",
+            "t.yaml",
+            "--from",
+            "now-1h",
+        ];
+        let err = Cli::try_parse_from(base).expect_err("no arms");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let mut with = base.to_vec();
+        with.extend([
+            "--rollout",
+            "checkout",
+            "--arg",
+            "route=/pay",
+            "--step",
+            "5s",
+        ]);
+        let cli = Cli::try_parse_from(with).expect("valid");
+        let Command::Backtest(a) = cli.command else {
+            panic!("backtest");
+        };
+        assert_eq!(a.args, vec![("route".to_owned(), "/pay".to_owned())]);
+        assert_eq!(a.step, std::time::Duration::from_secs(5));
+        let mut bad = base.to_vec();
+        bad.extend(["--rollout", "x", "--arg", "novalue"]);
+        assert!(Cli::try_parse_from(bad).is_err());
+    }
+
+    #[test]
+    fn lint_needs_a_file() {
+        let err = Cli::try_parse_from(["rollguard", "lint"]).expect_err("no files");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

@@ -5,5 +5,8 @@
 
 pub mod analysis;
 pub mod api;
+pub mod backtest;
 pub mod cli;
+pub mod lint;
+pub mod templates;
 pub mod traffic;

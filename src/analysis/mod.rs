@@ -1,7 +1,11 @@
 //! The analysis engine: safe query rendering, the metric source, and the judgments that turn
 //! per-arm measurements into Pass, Fail or Inconclusive with evidence.
 
+pub mod counters;
+pub mod judge;
+pub mod latency;
 pub mod render;
+pub mod run;
 pub mod sequential;
 pub mod share;
 pub mod source;

@@ -182,6 +182,20 @@ pub fn check_template(
     Ok(probe)
 }
 
+/// The names of the placeholders a template uses (`arm`, `args.service`, …), in order.
+pub fn placeholders(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        out.push(rest[start + 2..start + len].trim().to_owned());
+        rest = &rest[start + len + 2..];
+    }
+    out
+}
+
 fn value_of(name: &str, b: &Bindings) -> Result<String, RenderError> {
     match name {
         "arm" => Ok(b.arm.clone()),

@@ -108,6 +108,10 @@ impl ShareJudge {
         }
     }
 
+    pub fn config(&self) -> &ShareConfig {
+        &self.config
+    }
+
     pub fn canary(&self) -> ArmCounts {
         self.canary
     }
@@ -139,12 +143,12 @@ impl ShareJudge {
             return (
                 Verdict::Fail,
                 format!(
-                    "canary {} vs baseline {}: worse beyond toleratedRatio {} and floor {:.3}%, e = {:.3e} ≥ {}",
+                    "canary {} vs baseline {}: worse beyond toleratedRatio {} and floor {:.3}%, e = {} ≥ {}",
                     pct(self.canary.rate()),
                     pct(self.baseline.rate()),
                     cfg.tolerated_ratio,
                     cfg.floor * 100.0,
-                    self.worse.e_value(),
+                    short(self.worse.e_value()),
                     1.0 / cfg.alpha
                 ),
             );
@@ -162,11 +166,11 @@ impl ShareJudge {
             return (
                 Verdict::Pass,
                 format!(
-                    "canary {} vs baseline {}: not worse by {}x (e = {:.1} ≥ {})",
+                    "canary {} vs baseline {}: not worse by {}x (e = {} ≥ {})",
                     pct(self.canary.rate()),
                     pct(self.baseline.rate()),
                     cfg.tolerated_ratio,
-                    self.not_worse.e_value(),
+                    short(self.not_worse.e_value()),
                     1.0 / PASS_ALPHA
                 ),
             );
@@ -194,6 +198,15 @@ impl ShareJudge {
                 self.not_worse.e_value()
             ),
         )
+    }
+}
+
+/// An e-value for people: `12.3`, or `4.1e12` once it is large.
+fn short(e: f64) -> String {
+    if e < 1e5 {
+        format!("{e:.1}")
+    } else {
+        format!("{e:.1e}")
     }
 }
 

@@ -210,12 +210,44 @@ pub struct Latency {
     #[serde(default = "default_tolerated_ratio")]
     #[schemars(range(min = 1.0))]
     pub tolerated_ratio: f64,
-    /// An absolute cap on the canary's quantile, in milliseconds.
+    /// Differences in the share of requests above a boundary smaller than this never fail.
+    #[serde(default = "default_latency_floor")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub floor: f64,
+    /// An absolute cap on the canary's quantiles (the largest one), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ms: Option<f64>,
+    /// The unit of the histogram's `le` labels: `seconds` (OpenTelemetry, Prometheus client
+    /// conventions) or `milliseconds` (Istio, Linkerd).
+    #[serde(default)]
+    pub bucket_unit: BucketUnit,
     #[serde(default = "default_min_requests")]
     #[schemars(range(min = 1))]
     pub min_requests: i64,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BucketUnit {
+    #[default]
+    Seconds,
+    Milliseconds,
+}
+
+impl BucketUnit {
+    /// Milliseconds in one unit.
+    pub fn to_ms(self) -> f64 {
+        match self {
+            BucketUnit::Seconds => 1000.0,
+            BucketUnit::Milliseconds => 1.0,
+        }
+    }
+}
+
+fn default_latency_floor() -> f64 {
+    0.001
 }
 
 fn default_quantiles() -> Vec<f64> {

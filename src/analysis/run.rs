@@ -1,0 +1,566 @@
+//! An analysis run: a template's metrics rendered for one canary and its baseline, measured on
+//! their intervals, and the run-level rules that turn measurements into a decision.
+//!
+//! Run-level rules, in order of precedence:
+//! 1. A `critical` metric that fails: [`Decision::Fail`] with `critical`, rolled back at once.
+//! 2. Any other metric that fails: [`Decision::Fail`]; the controller rolls back when the step
+//!    ends unless the metric has recovered by then.
+//! 3. A metric that could not be measured (`NoData`, a failed query) `inconclusiveLimit` times
+//!    in a row: [`Decision::Inconclusive`] with the template's `onInconclusive` action. A
+//!    sequential test that is still collecting evidence is not a problem and never counts.
+//! 4. Every metric passes: [`Decision::Pass`].
+//! 5. Otherwise [`Decision::Running`].
+//!
+//! `dryRun` metrics are measured and reported and never take part in the decision. A metric
+//! with `onNoData: Fail` turns a no-data measurement into a Fail.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::judge::{Answer, Arm, Judge, Outcome, Problem, Role, Statistic};
+use super::render::{Bindings, RenderError, bind_args, render};
+use super::share::ArmCounts;
+use super::source::{MetricSource, SourceError};
+use super::verdict::Verdict;
+use crate::api::analysis::{
+    AnalysisTemplateSpec, ArgumentType, InconclusiveAction, Metric, NoDataAction,
+};
+
+/// A template that cannot be run as given. `path` names the field, e.g.
+/// `metrics[1].errorRate.requests`.
+#[derive(Debug, Error, PartialEq)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn render(path: String, e: &RenderError) -> ConfigError {
+        ConfigError {
+            path,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The JSON-ish path of the field a query of `role` comes from.
+pub fn query_path(index: usize, metric: &Metric, role: Role) -> String {
+    let field = match role {
+        Role::Value if metric.threshold.is_some() => "threshold.query",
+        Role::Value => "relative.query",
+        Role::Requests => "errorRate.requests",
+        Role::Errors => "errorRate.errors",
+        Role::Buckets => "latency.buckets",
+    };
+    format!("metrics[{index}].{field}")
+}
+
+/// Who the run measures.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub namespace: String,
+    /// The Deployment names `{{arm}}` takes for each arm.
+    pub canary: String,
+    pub baseline: String,
+    /// The Rollout's argument values.
+    pub args: Vec<(String, String)>,
+}
+
+/// One query as it was sent, and what came back.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryEvidence {
+    pub arm: Arm,
+    pub role: Role,
+    pub promql: String,
+    /// The value, when the answer was a single series.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub series: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One measurement of one metric: the verdict and everything it rests on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    pub metric: String,
+    /// Unix seconds of the evaluation.
+    pub at: i64,
+    pub verdict: Verdict,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+    pub queries: Vec<QueryEvidence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<ArmCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<ArmCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<Statistic>,
+    pub critical: bool,
+    pub dry_run: bool,
+}
+
+/// What the run says the rollout should do now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "decision")]
+pub enum Decision {
+    /// Evidence is still being collected.
+    Running,
+    /// Every acting metric passes.
+    Pass,
+    Fail {
+        metric: String,
+        reason: String,
+        critical: bool,
+    },
+    /// A metric could not be measured `limit` times in a row.
+    Inconclusive {
+        metric: String,
+        reason: String,
+        action: InconclusiveAction,
+    },
+}
+
+impl Decision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decision::Running => "Running",
+            Decision::Pass => "Pass",
+            Decision::Fail { .. } => "Fail",
+            Decision::Inconclusive { .. } => "Inconclusive",
+        }
+    }
+}
+
+/// A query of a metric as sent: the arm, what it measures, the PromQL.
+pub type RenderedQuery<'a> = (Arm, Role, &'a str);
+
+struct MetricRun {
+    metric: Metric,
+    judge: Judge,
+    queries: Vec<(Arm, Role, String)>,
+    interval_secs: i64,
+    last_at: Option<i64>,
+    problems_in_a_row: u32,
+    last: Option<Measurement>,
+}
+
+/// A template bound to one canary and baseline.
+pub struct AnalysisRun {
+    metrics: Vec<MetricRun>,
+    on_inconclusive: InconclusiveAction,
+    inconclusive_limit: u32,
+}
+
+impl AnalysisRun {
+    /// Binds the arguments and renders every query for both arms. Any error names the field.
+    pub fn new(spec: &AnalysisTemplateSpec, target: &Target) -> Result<AnalysisRun, ConfigError> {
+        let args = bind_args(&spec.args, &target.args).map_err(|e| ConfigError {
+            path: "args".into(),
+            message: e.to_string(),
+        })?;
+        let types: BTreeMap<String, ArgumentType> =
+            spec.args.iter().map(|a| (a.name.clone(), a.kind)).collect();
+        let mut metrics = Vec::new();
+        for (i, metric) in spec.metrics.iter().enumerate() {
+            let judge = Judge::new(metric).map_err(|message| ConfigError {
+                path: format!("metrics[{i}]"),
+                message,
+            })?;
+            let interval = metric.interval.parse().map_err(|e| ConfigError {
+                path: format!("metrics[{i}].interval"),
+                message: format!("{:?} is not a duration: {e}", metric.interval.0),
+            })?;
+            let mut queries = Vec::new();
+            for (arm, role, template) in judge.queries(metric) {
+                let bindings = Bindings {
+                    arm: match arm {
+                        Arm::Canary => target.canary.clone(),
+                        Arm::Baseline => target.baseline.clone(),
+                    },
+                    namespace: target.namespace.clone(),
+                    args: args.clone(),
+                };
+                let promql = render(template, &bindings, &types)
+                    .map_err(|e| ConfigError::render(query_path(i, metric, role), &e))?;
+                queries.push((arm, role, promql));
+            }
+            metrics.push(MetricRun {
+                metric: metric.clone(),
+                judge,
+                queries,
+                interval_secs: (interval.as_secs() as i64).max(1),
+                last_at: None,
+                problems_in_a_row: 0,
+                last: None,
+            });
+        }
+        Ok(AnalysisRun {
+            metrics,
+            on_inconclusive: spec.on_inconclusive,
+            inconclusive_limit: spec.inconclusive_limit.max(1) as u32,
+        })
+    }
+
+    /// The rendered queries of each metric, for display.
+    pub fn queries(&self) -> Vec<(&str, Vec<RenderedQuery<'_>>)> {
+        self.metrics
+            .iter()
+            .map(|m| {
+                (
+                    m.metric.name.as_str(),
+                    m.queries
+                        .iter()
+                        .map(|(a, r, q)| (*a, *r, q.as_str()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The metrics whose interval has passed at `at`.
+    pub fn due(&self, at: i64) -> Vec<usize> {
+        (0..self.metrics.len())
+            .filter(|&i| {
+                let m = &self.metrics[i];
+                m.last_at.is_none_or(|last| at - last >= m.interval_secs)
+            })
+            .collect()
+    }
+
+    /// Measures every due metric at `at`, all queries at once. `source` maps a provider name to
+    /// its source; a name it does not know is a failed query, not a crash.
+    pub async fn measure<'s, S, F>(&mut self, source: F, at: i64) -> Vec<Measurement>
+    where
+        S: MetricSource + 's,
+        F: Fn(&str) -> Option<&'s S>,
+    {
+        let due = self.due(at);
+        let mut pending = Vec::new();
+        for &i in &due {
+            let m = &self.metrics[i];
+            let src = source(&m.metric.provider);
+            let provider = m.metric.provider.clone();
+            for (_, _, promql) in &m.queries {
+                let promql = promql.clone();
+                let provider = provider.clone();
+                pending.push(async move {
+                    match src {
+                        Some(s) => s.query(&promql, at).await,
+                        None => Err(SourceError::Config(format!(
+                            "no MetricProvider named {provider:?}"
+                        ))),
+                    }
+                });
+            }
+        }
+        let mut answers = futures::future::join_all(pending).await.into_iter();
+        let mut out = Vec::new();
+        for i in due {
+            let n = self.metrics[i].queries.len();
+            let mine: Vec<Answer> = answers.by_ref().take(n).collect();
+            out.push(self.record(i, &mine, at));
+        }
+        out
+    }
+
+    /// Feeds the answers of metric `i`'s queries, measured at `at`, to its judge.
+    pub fn record(&mut self, i: usize, answers: &[Answer], at: i64) -> Measurement {
+        let m = &mut self.metrics[i];
+        let roles: Vec<(Arm, Role)> = m.queries.iter().map(|(a, r, _)| (*a, *r)).collect();
+        let mut outcome: Outcome = m.judge.observe(&roles, answers);
+        if outcome.problem == Some(Problem::NoData) && m.metric.on_no_data == NoDataAction::Fail {
+            outcome.verdict = Verdict::Fail;
+            outcome.reason = format!("no data, and onNoData is Fail: {}", outcome.reason);
+        }
+        if outcome.problem.is_some() && outcome.verdict == Verdict::Inconclusive {
+            m.problems_in_a_row += 1;
+        } else {
+            m.problems_in_a_row = 0;
+        }
+        let queries = m
+            .queries
+            .iter()
+            .zip(answers)
+            .map(|((arm, role, promql), answer)| QueryEvidence {
+                arm: *arm,
+                role: *role,
+                promql: promql.clone(),
+                value: match answer {
+                    Ok(s) if s.len() == 1 => Some(s[0].value).filter(|v| v.is_finite()),
+                    _ => None,
+                },
+                series: answer.as_ref().map_or(0, Vec::len),
+                error: answer.as_ref().err().map(ToString::to_string),
+            })
+            .collect();
+        let measurement = Measurement {
+            metric: m.metric.name.clone(),
+            at,
+            verdict: outcome.verdict,
+            reason: outcome.reason,
+            problem: outcome.problem,
+            queries,
+            canary: outcome.canary,
+            baseline: outcome.baseline,
+            statistic: outcome.statistic,
+            critical: m.metric.critical,
+            dry_run: m.metric.dry_run,
+        };
+        m.last_at = Some(at);
+        m.last = Some(measurement.clone());
+        measurement
+    }
+
+    /// The latest measurement of each metric.
+    pub fn latest(&self) -> Vec<Option<&Measurement>> {
+        self.metrics.iter().map(|m| m.last.as_ref()).collect()
+    }
+
+    /// The run-level decision from the latest measurements.
+    pub fn decision(&self) -> Decision {
+        let acting: Vec<&MetricRun> = self.metrics.iter().filter(|m| !m.metric.dry_run).collect();
+        let failing = |critical: bool| {
+            acting.iter().find_map(|m| {
+                m.last
+                    .as_ref()
+                    .filter(|l| l.verdict == Verdict::Fail && m.metric.critical == critical)
+                    .map(|l| Decision::Fail {
+                        metric: l.metric.clone(),
+                        reason: l.reason.clone(),
+                        critical,
+                    })
+            })
+        };
+        if let Some(d) = failing(true).or_else(|| failing(false)) {
+            return d;
+        }
+        if let Some(m) = acting
+            .iter()
+            .find(|m| m.problems_in_a_row >= self.inconclusive_limit)
+        {
+            return Decision::Inconclusive {
+                metric: m.metric.name.clone(),
+                reason: format!(
+                    "{} measurements in a row without a result (inconclusiveLimit {}); last: {}",
+                    m.problems_in_a_row,
+                    self.inconclusive_limit,
+                    m.last.as_ref().map_or("", |l| l.reason.as_str())
+                ),
+                action: self.on_inconclusive,
+            };
+        }
+        let all_pass = !acting.is_empty()
+            && acting
+                .iter()
+                .all(|m| m.last.as_ref().is_some_and(|l| l.verdict == Verdict::Pass));
+        if all_pass {
+            Decision::Pass
+        } else {
+            Decision::Running
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::source::Series;
+
+    fn spec(metrics: serde_json::Value) -> AnalysisTemplateSpec {
+        serde_json::from_value(serde_json::json!({
+            "args": [{"name": "service", "type": "string"}],
+            "metrics": metrics,
+        }))
+        .expect("spec")
+    }
+
+    fn target() -> Target {
+        Target {
+            namespace: "shop".into(),
+            canary: "checkout-canary".into(),
+            baseline: "checkout-stable".into(),
+            args: vec![("service".into(), "checkout".into())],
+        }
+    }
+
+    fn one(value: f64) -> Answer {
+        Ok(vec![Series {
+            labels: BTreeMap::new(),
+            value,
+        }])
+    }
+
+    fn threshold(name: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut m = serde_json::json!({
+            "name": name, "provider": "prom",
+            "threshold": {"query": "up{job=\"{{args.service}}\", pod=~\"{{arm}}-.*\"}", "max": 1.0},
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            m[k] = v.clone();
+        }
+        m
+    }
+
+    #[test]
+    fn queries_are_rendered_per_arm() {
+        let run = AnalysisRun::new(
+            &spec(serde_json::json!([{
+                "name": "ratio", "provider": "prom",
+                "relative": {"query": "x{pod=~\"{{arm}}-.*\", ns=\"{{namespace}}\"}", "maxRatio": 1.1}
+            }])),
+            &target(),
+        )
+        .expect("run");
+        let q = run.queries();
+        assert_eq!(q[0].1[0].2, r#"x{pod=~"checkout-canary-.*", ns="shop"}"#);
+        assert_eq!(q[0].1[1].2, r#"x{pod=~"checkout-stable-.*", ns="shop"}"#);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let bad = spec(serde_json::json!([
+            threshold("ok", serde_json::json!({})),
+            {"name": "broken", "provider": "prom",
+             "errorRate": {"requests": "sum(r{a=\"{{arm}}\"})", "errors": "sum(e{a=\"{{args.nope}}\"})"}}
+        ]));
+        let err = AnalysisRun::new(&bad, &target())
+            .err()
+            .expect("undeclared argument");
+        assert_eq!(err.path, "metrics[1].errorRate.errors");
+        let mut t = target();
+        t.args.push(("extra".into(), "x".into()));
+        let err = AnalysisRun::new(
+            &spec(serde_json::json!([threshold("ok", serde_json::json!({}))])),
+            &t,
+        )
+        .err()
+        .expect("unknown argument");
+        assert_eq!(err.path, "args");
+        assert!(err.message.contains("extra"), "{err}");
+        let mut t = target();
+        t.args = vec![("service".into(), "x\"}) or vector(1) #".into())];
+        // The injection stays a label value: it renders and parses as one selector.
+        let run = AnalysisRun::new(
+            &spec(serde_json::json!([threshold("ok", serde_json::json!({}))])),
+            &t,
+        )
+        .expect("neutralised");
+        assert!(
+            run.queries()[0].1[0]
+                .2
+                .contains(r#"job="x\"}) or vector(1) #""#)
+        );
+    }
+
+    #[test]
+    fn intervals_decide_what_is_due() {
+        let mut run = AnalysisRun::new(
+            &spec(serde_json::json!([
+                threshold("fast", serde_json::json!({"interval": "10s"})),
+                threshold("slow", serde_json::json!({"interval": "1m"}))
+            ])),
+            &target(),
+        )
+        .expect("run");
+        assert_eq!(run.due(1000), vec![0, 1]);
+        run.record(0, &[one(0.5)], 1000);
+        run.record(1, &[one(0.5)], 1000);
+        assert_eq!(run.due(1005), Vec::<usize>::new());
+        assert_eq!(run.due(1010), vec![0]);
+        assert_eq!(run.due(1060), vec![0, 1]);
+    }
+
+    #[test]
+    fn critical_fail_comes_first_and_dry_run_never_acts() {
+        let mut run = AnalysisRun::new(
+            &spec(serde_json::json!([
+                threshold(
+                    "shadow",
+                    serde_json::json!({"dryRun": true, "critical": true})
+                ),
+                threshold("soft", serde_json::json!({})),
+                threshold("hard", serde_json::json!({"critical": true}))
+            ])),
+            &target(),
+        )
+        .expect("run");
+        run.record(0, &[one(5.0)], 0);
+        run.record(1, &[one(0.5)], 0);
+        run.record(2, &[one(0.5)], 0);
+        assert_eq!(
+            run.decision(),
+            Decision::Pass,
+            "a dry-run Fail does not act"
+        );
+        run.record(1, &[one(5.0)], 10);
+        assert!(
+            matches!(run.decision(), Decision::Fail { critical: false, ref metric, .. } if metric == "soft")
+        );
+        run.record(2, &[one(5.0)], 10);
+        assert!(
+            matches!(run.decision(), Decision::Fail { critical: true, ref metric, .. } if metric == "hard")
+        );
+    }
+
+    #[test]
+    fn problems_in_a_row_reach_the_inconclusive_limit_and_a_result_resets_them() {
+        let mut s = spec(serde_json::json!([threshold("m", serde_json::json!({}))]));
+        s.inconclusive_limit = 2;
+        s.on_inconclusive = InconclusiveAction::Rollback;
+        let mut run = AnalysisRun::new(&s, &target()).expect("run");
+        run.record(0, &[Ok(vec![])], 0);
+        assert_eq!(run.decision(), Decision::Running);
+        run.record(0, &[one(0.5)], 10);
+        run.record(0, &[Ok(vec![])], 20);
+        assert_eq!(run.decision(), Decision::Running, "the count restarted");
+        run.record(0, &[Err(SourceError::Decode("x".into()))], 30);
+        match run.decision() {
+            Decision::Inconclusive { action, reason, .. } => {
+                assert_eq!(action, InconclusiveAction::Rollback);
+                assert!(reason.contains("2 measurements in a row"), "{reason}");
+            }
+            other => panic!("expected Inconclusive, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn on_no_data_fail_turns_missing_data_into_a_fail() {
+        let mut run = AnalysisRun::new(
+            &spec(serde_json::json!([threshold(
+                "m",
+                serde_json::json!({"onNoData": "Fail"})
+            )])),
+            &target(),
+        )
+        .expect("run");
+        let m = run.record(0, &[Ok(vec![])], 0);
+        assert_eq!(m.verdict, Verdict::Fail);
+        assert!(
+            m.reason.starts_with("no data, and onNoData is Fail"),
+            "{}",
+            m.reason
+        );
+    }
+
+    #[test]
+    fn evidence_records_the_rendered_queries_and_values() {
+        let mut run = AnalysisRun::new(
+            &spec(serde_json::json!([threshold("m", serde_json::json!({}))])),
+            &target(),
+        )
+        .expect("run");
+        let m = run.record(0, &[one(0.25)], 42);
+        assert_eq!(m.queries[0].value, Some(0.25));
+        assert!(m.queries[0].promql.contains("checkout-canary"));
+        let json = serde_json::to_value(&m).expect("json");
+        assert_eq!(json["verdict"], "Pass");
+        assert_eq!(json["statistic"]["threshold"], 1.0);
+    }
+}

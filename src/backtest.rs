@@ -1,0 +1,224 @@
+//! `rollguard backtest`: a template replayed over a past time range against a real Prometheus,
+//! measuring each metric on its interval exactly as the controller would, and reporting every
+//! decision it would have taken and when.
+
+use serde::Serialize;
+
+use crate::analysis::run::{AnalysisRun, Decision, Measurement};
+use crate::analysis::source::MetricSource;
+use crate::analysis::verdict::Verdict;
+
+/// A decision that changed at `at`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionChange {
+    pub at: i64,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub template: String,
+    pub from: i64,
+    pub to: i64,
+    pub step_seconds: i64,
+    pub evaluations: usize,
+    /// Every measurement, in time order.
+    pub measurements: Vec<Measurement>,
+    /// The run-level decision each time it changed.
+    pub decisions: Vec<DecisionChange>,
+    /// The first Fail of a metric that acts (not `dryRun`), with its evidence.
+    pub first_fail: Option<Measurement>,
+}
+
+impl Report {
+    /// Measurements whose verdict or reason kind differs from the metric's previous one: the
+    /// timeline a person reads.
+    pub fn changes(&self) -> Vec<&Measurement> {
+        let mut last: std::collections::BTreeMap<&str, (Verdict, bool)> = Default::default();
+        self.measurements
+            .iter()
+            .filter(|m| {
+                let key = (m.verdict, m.problem.is_some());
+                last.insert(m.metric.as_str(), key) != Some(key)
+            })
+            .collect()
+    }
+}
+
+/// Replays `run` from `from` to `to` (unix seconds) every `step` seconds against `source`,
+/// calling `progress` with each measurement as it is made.
+pub async fn replay<S: MetricSource>(
+    template: &str,
+    run: &mut AnalysisRun,
+    source: &S,
+    from: i64,
+    to: i64,
+    step: i64,
+    mut progress: impl FnMut(&Measurement, Option<&Decision>),
+) -> Report {
+    let step = step.max(1);
+    let mut report = Report {
+        template: template.to_owned(),
+        from,
+        to,
+        step_seconds: step,
+        evaluations: 0,
+        measurements: Vec::new(),
+        decisions: Vec::new(),
+        first_fail: None,
+    };
+    let mut at = from;
+    while at <= to {
+        let measured = run.measure(|_| Some(source), at).await;
+        report.evaluations += 1;
+        let decision = run.decision();
+        let changed = report.decisions.last().map(|d| &d.decision) != Some(&decision);
+        for (i, m) in measured.iter().enumerate() {
+            if report.first_fail.is_none() && m.verdict == Verdict::Fail && !m.dry_run {
+                report.first_fail = Some(m.clone());
+            }
+            let last = i + 1 == measured.len();
+            progress(m, (changed && last).then_some(&decision));
+        }
+        if changed {
+            report.decisions.push(DecisionChange { at, decision });
+        }
+        report.measurements.extend(measured);
+        at += step;
+    }
+    report
+}
+
+/// Parses a point in time: RFC 3339 (`2026-11-22T10:00:00Z`), unix seconds, `now`, or
+/// `now-30m`.
+pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if text == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = text.strip_prefix("now-") {
+        return humantime::parse_duration(ago)
+            .map(|d| now - d.as_secs() as i64)
+            .map_err(|e| format!("{text:?}: {e}"));
+    }
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is not a time (RFC 3339, unix seconds or now-30m): {e}"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|_| format!("{text:?} is before 1970"))
+        })
+}
+
+/// `2026-11-22T10:00:00Z` for unix seconds.
+pub fn format_time(at: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::analysis::run::Target;
+    use crate::analysis::source::{Series, SourceError};
+
+    #[test]
+    fn times_parse_in_every_accepted_form() {
+        let now = 1_800_000_000;
+        assert_eq!(parse_time("now", now), Ok(now));
+        assert_eq!(parse_time("now-30m", now), Ok(now - 1800));
+        assert_eq!(parse_time("1700000000", now), Ok(1_700_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z", now), Ok(1_700_000_000));
+        assert!(
+            parse_time("yesterday", now)
+                .expect_err("bad")
+                .contains("RFC 3339")
+        );
+        assert_eq!(format_time(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    /// Counters that grow 1000 requests per 10 s per arm; the canary's errors jump from
+    /// 0.5% to 5% at `regress_at`.
+    struct Synthetic {
+        regress_at: i64,
+        asked: Mutex<Vec<i64>>,
+    }
+
+    impl MetricSource for Synthetic {
+        async fn query(&self, promql: &str, at: i64) -> Result<Vec<Series>, SourceError> {
+            self.asked.lock().expect("lock").push(at);
+            let requests = at as f64 * 100.0;
+            let canary = promql.contains("canary");
+            let errors = if canary && at > self.regress_at {
+                self.regress_at as f64 * 0.5 + (at - self.regress_at) as f64 * 5.0
+            } else {
+                at as f64 * 0.5
+            };
+            let value = if promql.contains("errors") {
+                errors
+            } else {
+                requests
+            };
+            Ok(vec![Series {
+                labels: BTreeMap::new(),
+                value,
+            }])
+        }
+    }
+
+    #[tokio::test]
+    async fn the_replay_finds_the_first_fail_after_the_regression() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "metrics": [{"name": "errors", "provider": "any", "interval": "10s",
+                "errorRate": {"requests": "sum(requests{d=\"{{arm}}\"})", "errors": "sum(errors{d=\"{{arm}}\"})"}}]
+        }))
+        .expect("spec");
+        let target = Target {
+            namespace: "ns".into(),
+            canary: "app-canary".into(),
+            baseline: "app-stable".into(),
+            args: vec![],
+        };
+        let mut run = AnalysisRun::new(&spec, &target).expect("run");
+        let source = Synthetic {
+            regress_at: 1600,
+            asked: Mutex::new(Vec::new()),
+        };
+        let mut seen = 0;
+        let report = replay("t", &mut run, &source, 1000, 2200, 5, |_, _| seen += 1).await;
+        assert_eq!(report.evaluations, 241);
+        // A 10 s interval with a 5 s step measures every other evaluation.
+        assert_eq!(report.measurements.len(), 121);
+        assert_eq!(seen, 121);
+        let fail = report.first_fail.clone().expect("the regression is caught");
+        assert!(
+            fail.at > 1600 && fail.at <= 1720,
+            "first Fail at {}",
+            fail.at
+        );
+        assert!(
+            report
+                .decisions
+                .iter()
+                .any(|d| matches!(d.decision, Decision::Fail { .. }))
+        );
+        assert!(report.changes().len() < report.measurements.len());
+        assert!(
+            source
+                .asked
+                .lock()
+                .expect("lock")
+                .iter()
+                .all(|at| (at - 1000) % 10 == 0)
+        );
+    }
+}

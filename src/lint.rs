@@ -1,0 +1,696 @@
+//! `rollguard lint`: offline checks of analysis templates, before they reach a cluster.
+//!
+//! - the schema: types, required and unknown fields, ranges, the CRD's CEL rules;
+//! - arguments: declared, used, defaults of the right type;
+//! - PromQL: every query parses once its placeholders are filled;
+//! - soundness of each judgment:
+//!   - `threshold` and `relative` on a counter need `rate()`/`increase()`: a raw counter only
+//!     grows, so the comparison drifts with the age of the pods;
+//!   - `errorRate` and `latency` need raw counters: rollguard takes the increments itself, and
+//!     `rate()` windows overlap between measurements, counting requests again;
+//!   - `latency` buckets must keep `le` through every aggregation;
+//!   - a query that does not use `{{arm}}` gives both arms the same answer.
+//!
+//! Every finding names `file:path.to.field`. Errors make the exit code non-zero.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use promql_parser::parser::{Expr, LabelModifier};
+use serde::Serialize;
+
+use crate::analysis::judge::{Judge, Role};
+use crate::analysis::render::{bind_args, check_template, placeholders};
+use crate::analysis::run::query_path;
+use crate::api::analysis::{AnalysisTemplateSpec, ArgumentType, BucketUnit, Metric};
+use crate::templates::{API_VERSION, decode_spec, documents, is_template};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub file: String,
+    /// `spec.metrics[0].errorRate.requests`; prefixed with `#N:` (the document, from 1) in a
+    /// file of several documents.
+    pub path: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        if self.path.is_empty() {
+            write!(f, "{}: {severity}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {severity}: {}",
+                self.file, self.path, self.message
+            )
+        }
+    }
+}
+
+/// What one file holds and what is wrong with it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FileReport {
+    pub file: String,
+    pub templates: usize,
+    pub findings: Vec<Finding>,
+}
+
+/// Lints every template in a file.
+pub fn lint_file(path: &Path) -> FileReport {
+    let file = path.display().to_string();
+    let mut report = FileReport {
+        file: file.clone(),
+        ..FileReport::default()
+    };
+    let docs = match documents(path) {
+        Ok(d) => d,
+        Err(e) => {
+            report.findings.push(Finding {
+                file,
+                path: String::new(),
+                severity: Severity::Error,
+                message: e
+                    .to_string()
+                    .replacen(&format!("{}: ", path.display()), "", 1),
+            });
+            return report;
+        }
+    };
+    let several = docs.len() > 1;
+    for (i, doc) in docs.iter().enumerate() {
+        if !is_template(doc) {
+            continue;
+        }
+        report.templates += 1;
+        let prefix = if several {
+            format!("#{}:", i + 1)
+        } else {
+            String::new()
+        };
+        for (path, severity, message) in lint_document(doc) {
+            report.findings.push(Finding {
+                file: file.clone(),
+                path: format!("{prefix}{path}"),
+                severity,
+                message,
+            });
+        }
+    }
+    if report.templates == 0 {
+        report.findings.push(Finding {
+            file,
+            path: String::new(),
+            severity: Severity::Warning,
+            message: "no AnalysisTemplate or ClusterAnalysisTemplate in this file".into(),
+        });
+    }
+    report
+}
+
+type Raw = (String, Severity, String);
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> Raw {
+    (path.into(), Severity::Error, message.into())
+}
+
+fn warning(path: impl Into<String>, message: impl Into<String>) -> Raw {
+    (path.into(), Severity::Warning, message.into())
+}
+
+/// Lints one template document.
+pub fn lint_document(doc: &serde_json::Value) -> Vec<Raw> {
+    let mut out = Vec::new();
+    if doc["apiVersion"].as_str() != Some(API_VERSION) {
+        out.push(error(
+            "apiVersion",
+            format!("must be {API_VERSION}, found {}", doc["apiVersion"]),
+        ));
+    }
+    match doc["metadata"]["name"].as_str() {
+        Some(name) if is_dns_label(name, 253) => {}
+        Some(name) => out.push(error(
+            "metadata.name",
+            format!("{name:?} is not a valid name"),
+        )),
+        None => out.push(error("metadata.name", "missing")),
+    }
+    match decode_spec(doc) {
+        Err(e) => out.push(error(e.path, e.message)),
+        Ok((spec, unknown)) => {
+            for path in unknown {
+                out.push(error(
+                    path,
+                    "unknown field (the apiserver refuses it under strict field validation)",
+                ));
+            }
+            lint_spec(&spec, &mut out);
+        }
+    }
+    out
+}
+
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn lint_spec(spec: &AnalysisTemplateSpec, out: &mut Vec<Raw>) {
+    if spec.metrics.is_empty() || spec.metrics.len() > 16 {
+        out.push(error(
+            "spec.metrics",
+            format!("needs 1 to 16 metrics, found {}", spec.metrics.len()),
+        ));
+    }
+    if !(1..=1000).contains(&spec.inconclusive_limit) {
+        out.push(error("spec.inconclusiveLimit", "must be within 1..1000"));
+    }
+    let types: BTreeMap<String, ArgumentType> =
+        spec.args.iter().map(|a| (a.name.clone(), a.kind)).collect();
+    lint_args(spec, out);
+    let mut used_args: Vec<String> = Vec::new();
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, metric) in spec.metrics.iter().enumerate() {
+        let at = format!("spec.metrics[{i}]");
+        if let Some(first) = names.insert(&metric.name, i) {
+            out.push(error(
+                format!("{at}.name"),
+                format!("{:?} is also the name of metrics[{first}]", metric.name),
+            ));
+        }
+        if !is_dns_label(&metric.name, 63) || metric.name.contains('.') {
+            out.push(error(
+                format!("{at}.name"),
+                format!(
+                    "{:?} must be lowercase letters, digits and '-'",
+                    metric.name
+                ),
+            ));
+        }
+        match metric.interval.parse() {
+            Ok(d) if d.as_secs() >= 1 => {}
+            Ok(_) => out.push(error(format!("{at}.interval"), "must be at least 1s")),
+            Err(e) => out.push(error(
+                format!("{at}.interval"),
+                format!("{:?} is not a duration: {e}", metric.interval.0),
+            )),
+        }
+        let judge = match Judge::new(metric) {
+            Ok(j) => j,
+            Err(e) => {
+                out.push(error(at, e));
+                continue;
+            }
+        };
+        lint_ranges(metric, &at, out);
+        let mut seen = std::collections::BTreeSet::new();
+        for (_, role, query) in judge.queries(metric) {
+            if !seen.insert((role, query)) {
+                continue;
+            }
+            let path = format!("spec.{}", query_path(i, metric, role));
+            for name in placeholders(query) {
+                if let Some(arg) = name.strip_prefix("args.") {
+                    used_args.push(arg.to_owned());
+                }
+            }
+            match check_template(query, &types) {
+                Err(e) => out.push(error(&path, e.to_string())),
+                Ok(probe) => lint_query(metric, role, query, &probe, &path, out),
+            }
+        }
+    }
+    for (i, arg) in spec.args.iter().enumerate() {
+        if !used_args.contains(&arg.name) {
+            out.push(warning(
+                format!("spec.args[{i}]"),
+                format!("argument {:?} is declared but no query uses it", arg.name),
+            ));
+        }
+    }
+}
+
+fn lint_args(spec: &AnalysisTemplateSpec, out: &mut Vec<Raw>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, arg) in spec.args.iter().enumerate() {
+        let at = format!("spec.args[{i}]");
+        let valid_name = arg.name.len() <= 63
+            && arg.name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && arg
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            out.push(error(
+                format!("{at}.name"),
+                format!(
+                    "{:?} must start with a letter and hold letters, digits, '_'",
+                    arg.name
+                ),
+            ));
+        }
+        if !seen.insert(&arg.name) {
+            out.push(error(
+                format!("{at}.name"),
+                format!("{:?} is declared twice", arg.name),
+            ));
+        }
+        if arg.default.is_some()
+            && let Err(e) = bind_args(std::slice::from_ref(arg), &[])
+        {
+            out.push(error(format!("{at}.default"), e.to_string()));
+        }
+    }
+}
+
+fn lint_ranges(metric: &Metric, at: &str, out: &mut Vec<Raw>) {
+    if let Some(t) = &metric.threshold {
+        match (t.min, t.max) {
+            (None, None) => out.push(error(format!("{at}.threshold"), "set min, max or both")),
+            (Some(min), Some(max)) if min > max => out.push(error(
+                format!("{at}.threshold"),
+                format!("min {min} is above max {max}: nothing can pass"),
+            )),
+            _ => {}
+        }
+    }
+    if let Some(r) = &metric.relative
+        && r.max_ratio.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
+        out.push(error(format!("{at}.relative.maxRatio"), "must be above 0"));
+    }
+    if let Some(e) = &metric.error_rate {
+        check_ratio(
+            e.tolerated_ratio,
+            &format!("{at}.errorRate.toleratedRatio"),
+            out,
+        );
+        check_share(e.floor, &format!("{at}.errorRate.floor"), out);
+        check_min_requests(e.min_requests, &format!("{at}.errorRate.minRequests"), out);
+    }
+    if let Some(l) = &metric.latency {
+        check_ratio(
+            l.tolerated_ratio,
+            &format!("{at}.latency.toleratedRatio"),
+            out,
+        );
+        check_share(l.floor, &format!("{at}.latency.floor"), out);
+        check_min_requests(l.min_requests, &format!("{at}.latency.minRequests"), out);
+        if l.quantiles.is_empty() || l.quantiles.len() > 5 {
+            out.push(error(
+                format!("{at}.latency.quantiles"),
+                "needs 1 to 5 quantiles",
+            ));
+        }
+        for (k, q) in l.quantiles.iter().enumerate() {
+            if !(*q > 0.0 && *q < 1.0) {
+                out.push(error(
+                    format!("{at}.latency.quantiles[{k}]"),
+                    format!("{q} is not a quantile: use a number strictly between 0 and 1 (0.99 for p99)"),
+                ));
+            }
+        }
+        if let Some(ms) = l.max_ms
+            && ms.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
+            out.push(error(format!("{at}.latency.maxMs"), "must be above 0"));
+        }
+    }
+}
+
+fn check_ratio(v: f64, path: &str, out: &mut Vec<Raw>) {
+    if v.is_nan() || v < 1.0 {
+        out.push(error(
+            path,
+            format!("{v} is below 1: a canary exactly as good as its baseline would fail"),
+        ));
+    }
+}
+
+fn check_share(v: f64, path: &str, out: &mut Vec<Raw>) {
+    if !(0.0..=1.0).contains(&v) {
+        out.push(error(
+            path,
+            format!("{v} is not a share of requests (0 to 1)"),
+        ));
+    }
+}
+
+fn check_min_requests(v: i64, path: &str, out: &mut Vec<Raw>) {
+    if v < 1 {
+        out.push(error(path, "must be at least 1"));
+    }
+}
+
+/// What a query's expression does with counters.
+#[derive(Debug, Default, PartialEq)]
+struct Facts {
+    /// Counter-like selectors (`_total`, `_count`, `_sum`, `_bucket`) read raw.
+    raw_counters: Vec<String>,
+    /// Aggregations over bucket series that drop `le`.
+    drops_le: bool,
+    /// Some `rate()`, `increase()` or the like, on any series.
+    uses_rate: bool,
+    selectors: Vec<String>,
+}
+
+const RATE_FUNCTIONS: [&str; 8] = [
+    "rate", "irate", "increase", "delta", "idelta", "deriv", "resets", "changes",
+];
+
+fn is_counter_name(name: &str) -> bool {
+    ["_total", "_count", "_sum", "_bucket"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+fn facts(expr: &Expr) -> Facts {
+    fn walk(e: &Expr, rated: bool, f: &mut Facts) -> bool {
+        // Returns whether the subtree reads bucket series.
+        match e {
+            Expr::Aggregate(a) => {
+                let buckets = walk(&a.expr, rated, f);
+                if let Some(p) = &a.param {
+                    walk(p, rated, f);
+                }
+                let keeps_le = match &a.modifier {
+                    Some(LabelModifier::Include(l)) => l.labels.iter().any(|x| x == "le"),
+                    Some(LabelModifier::Exclude(l)) => !l.labels.iter().any(|x| x == "le"),
+                    None => false,
+                };
+                if buckets && !keeps_le {
+                    f.drops_le = true;
+                }
+                buckets
+            }
+            Expr::Unary(u) => walk(&u.expr, rated, f),
+            Expr::Binary(b) => {
+                let l = walk(&b.lhs, rated, f);
+                let r = walk(&b.rhs, rated, f);
+                l || r
+            }
+            Expr::Paren(p) => walk(&p.expr, rated, f),
+            Expr::Subquery(s) => walk(&s.expr, rated, f),
+            Expr::VectorSelector(vs) => selector(vs.name.as_deref(), rated, f),
+            Expr::MatrixSelector(ms) => selector(ms.vs.name.as_deref(), rated, f),
+            Expr::Call(c) => {
+                let is_rate = RATE_FUNCTIONS.contains(&c.func.name);
+                f.uses_rate |= is_rate;
+                let rated = rated || is_rate;
+                let mut buckets = false;
+                for a in &c.args.args {
+                    buckets |= walk(a, rated, f);
+                }
+                // histogram_quantile consumes `le`: its result is not a bucket series.
+                buckets && c.func.name != "histogram_quantile"
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => false,
+        }
+    }
+    fn selector(name: Option<&str>, rated: bool, f: &mut Facts) -> bool {
+        let Some(name) = name else { return false };
+        f.selectors.push(name.to_owned());
+        if is_counter_name(name) && !rated {
+            f.raw_counters.push(name.to_owned());
+        }
+        name.ends_with("_bucket")
+    }
+    let mut f = Facts::default();
+    walk(expr, false, &mut f);
+    f
+}
+
+fn lint_query(
+    metric: &Metric,
+    role: Role,
+    template: &str,
+    probe: &str,
+    path: &str,
+    out: &mut Vec<Raw>,
+) {
+    let Ok(expr) = promql_parser::parser::parse(probe) else {
+        return;
+    };
+    let f = facts(&expr);
+    let uses_arm = placeholders(template).iter().any(|p| p == "arm");
+    match role {
+        Role::Value => {
+            if let Some(name) = f.raw_counters.first() {
+                out.push(error(
+                    path,
+                    format!("{name} is a counter read without rate() or increase(): it only grows, so the comparison drifts with the pods' age"),
+                ));
+            }
+            if !uses_arm {
+                let msg = "the query does not use {{arm}}: it measures the same thing for canary and baseline";
+                if metric.relative.is_some() {
+                    out.push(error(path, msg));
+                } else {
+                    out.push(warning(path, msg));
+                }
+            }
+        }
+        Role::Requests | Role::Errors | Role::Buckets => {
+            if f.uses_rate {
+                out.push(error(
+                    path,
+                    "query the raw counter (e.g. sum(…_total{…})), not rate() or increase(): rollguard takes the increments itself, and overlapping windows would count requests again",
+                ));
+            }
+            if !uses_arm {
+                out.push(error(
+                    path,
+                    "the query does not use {{arm}}: canary and baseline would get the same answer",
+                ));
+            }
+        }
+    }
+    if role == Role::Buckets {
+        if !f.selectors.iter().any(|s| s.ends_with("_bucket")) {
+            out.push(error(path, "latency needs a histogram's _bucket series"));
+        }
+        if f.drops_le {
+            out.push(error(
+                path,
+                "an aggregation drops `le`: keep it, e.g. sum by (le) (…_bucket{…})",
+            ));
+        }
+        if let Some(l) = &metric.latency {
+            let ms_name = f
+                .selectors
+                .iter()
+                .any(|s| s.contains("millisecond") || s.contains("_ms_"));
+            let s_name = f.selectors.iter().any(|s| s.contains("_seconds_"));
+            let unit_path = path.replace("latency.buckets", "latency.bucketUnit");
+            if ms_name && l.bucket_unit == BucketUnit::Seconds {
+                out.push(error(
+                    unit_path,
+                    "the histogram is in milliseconds: set bucketUnit: milliseconds",
+                ));
+            } else if s_name && l.bucket_unit == BucketUnit::Milliseconds {
+                out.push(error(
+                    unit_path,
+                    "the histogram is in seconds: set bucketUnit: seconds",
+                ));
+            }
+        }
+    }
+}
+
+/// Lints several files; returns the reports in order.
+pub fn lint_files(paths: &[std::path::PathBuf]) -> Vec<FileReport> {
+    paths.iter().map(|p| lint_file(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(spec: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "AnalysisTemplate",
+            "metadata": {"name": "t"}, "spec": spec,
+        })
+    }
+
+    fn findings(spec: serde_json::Value) -> Vec<Raw> {
+        lint_document(&template(spec))
+    }
+
+    fn has(found: &[Raw], path: &str, words: &str) -> bool {
+        found.iter().any(|(p, _, m)| p == path && m.contains(words))
+    }
+
+    const ER: &str = r#"sum(http_requests_total{pod=~"{{arm}}-.*"})"#;
+
+    #[test]
+    fn a_sound_template_has_no_findings() {
+        let found = findings(serde_json::json!({
+            "args": [{"name": "route", "type": "string", "default": "/"}],
+            "metrics": [
+                {"name": "errors", "provider": "p", "errorRate": {
+                    "requests": "sum(http_requests_total{pod=~\"{{arm}}-.*\", route=\"{{args.route}}\"})",
+                    "errors": "sum(http_requests_total{pod=~\"{{arm}}-.*\", route=\"{{args.route}}\", code=~\"5..\"})"}},
+                {"name": "latency", "provider": "p", "latency": {
+                    "buckets": "sum by (le) (http_request_duration_seconds_bucket{pod=~\"{{arm}}-.*\"})"}},
+                {"name": "p99", "provider": "p", "threshold": {
+                    "query": "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{pod=~\"{{arm}}-.*\"}[2m])))",
+                    "max": 0.5}}
+            ]
+        }));
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn a_threshold_on_a_raw_counter_is_flagged() {
+        let found = findings(
+            serde_json::json!({"metrics": [{"name": "m", "provider": "p",
+            "threshold": {"query": "sum(errors_total{pod=~\"{{arm}}-.*\"})", "max": 10}}]}),
+        );
+        assert!(
+            has(&found, "spec.metrics[0].threshold.query", "without rate()"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn error_rate_on_a_rate_is_flagged() {
+        let found = findings(
+            serde_json::json!({"metrics": [{"name": "m", "provider": "p",
+            "errorRate": {"requests": "sum(rate(r_total{d=\"{{arm}}\"}[1m]))", "errors": ER}}]}),
+        );
+        assert!(
+            has(&found, "spec.metrics[0].errorRate.requests", "raw counter"),
+            "{found:#?}"
+        );
+        let found = findings(
+            serde_json::json!({"metrics": [{"name": "m", "provider": "p",
+            "errorRate": {"requests": ER, "errors": "sum(increase(envoy_rq_xx{d=\"{{arm}}\"}[1m]))"}}]}),
+        );
+        assert!(
+            has(&found, "spec.metrics[0].errorRate.errors", "raw counter"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn latency_must_keep_le_and_say_its_unit() {
+        let found = findings(
+            serde_json::json!({"metrics": [{"name": "m", "provider": "p",
+            "latency": {"buckets": "sum(istio_request_duration_milliseconds_bucket{d=\"{{arm}}\"})"}}]}),
+        );
+        assert!(
+            has(&found, "spec.metrics[0].latency.buckets", "drops `le`"),
+            "{found:#?}"
+        );
+        assert!(
+            has(&found, "spec.metrics[0].latency.bucketUnit", "milliseconds"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn queries_without_arm_and_bad_promql_are_errors() {
+        let found = findings(serde_json::json!({"metrics": [
+            {"name": "a", "provider": "p", "relative": {"query": "sum(rate(x_total[1m]))", "maxRatio": 1.2}},
+            {"name": "b", "provider": "p", "threshold": {"query": "sum(rate(x_total{d=\"{{arm}}\"}[1m]) / ", "max": 1}}
+        ]}));
+        assert!(
+            has(&found, "spec.metrics[0].relative.query", "{{arm}}"),
+            "{found:#?}"
+        );
+        assert!(
+            has(&found, "spec.metrics[1].threshold.query", "does not parse"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn schema_problems_name_their_fields() {
+        let found = findings(serde_json::json!({
+            "args": [{"name": "n", "type": "integer", "default": "ten"}, {"name": "unused", "type": "string"}],
+            "metrics": [
+                {"name": "Dup", "provider": "p", "errorRate": {"requests": ER, "errors": ER, "toleratedRatio": 0.8, "floor": 2}},
+                {"name": "Dup", "provider": "p", "interval": "soon", "latency": {"buckets": "sum by (le) (d_seconds_bucket{a=\"{{arm}}\"})", "quantiles": [99]}},
+                {"name": "two", "provider": "p", "threshold": {"query": "up{a=\"{{arm}}\"}", "min": 2, "max": 1}},
+                {"name": "none", "provider": "p", "frequency": "1m"}
+            ]
+        }));
+        for (path, words) in [
+            ("spec.args[0].default", "not a valid integer"),
+            ("spec.args[1]", "no query uses it"),
+            ("spec.metrics[0].name", "lowercase"),
+            ("spec.metrics[1].name", "also the name of metrics[0]"),
+            ("spec.metrics[0].errorRate.toleratedRatio", "below 1"),
+            ("spec.metrics[0].errorRate.floor", "share"),
+            ("spec.metrics[1].interval", "not a duration"),
+            ("spec.metrics[1].latency.quantiles[0]", "not a quantile"),
+            ("spec.metrics[2].threshold", "nothing can pass"),
+            ("spec.metrics[3]", "no judgment"),
+            ("spec.metrics[3].frequency", "unknown field"),
+        ] {
+            assert!(has(&found, path, words), "{path}: {words}\n{found:#?}");
+        }
+    }
+
+    #[test]
+    fn type_errors_and_bad_headers_are_reported() {
+        let mut doc = template(
+            serde_json::json!({"metrics": [{"name": "m", "provider": "p",
+            "threshold": {"query": "up{a=\"{{arm}}\"}", "max": "high"}}]}),
+        );
+        doc["apiVersion"] = "rollguard.dev/v1".into();
+        let found = lint_document(&doc);
+        assert!(has(&found, "apiVersion", "v1alpha1"), "{found:#?}");
+        assert!(
+            has(&found, "spec.metrics[0].threshold.max", "invalid type"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn findings_print_as_file_and_path() {
+        let dir = std::env::temp_dir().join(format!("rollguard-lint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("t.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: rollguard.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n  - name: m\n    provider: p\n    threshold: {query: 'sum(x_total{a=\"{{arm}}\"})', max: 1}\n",
+        )
+        .expect("write");
+        let report = lint_file(&file);
+        assert_eq!(report.templates, 1);
+        let line = report.findings[0].to_string();
+        assert!(
+            line.starts_with(&format!(
+                "{}:#2:spec.metrics[0].threshold.query: error:",
+                file.display()
+            )),
+            "{line}"
+        );
+        std::fs::write(&file, "metrics: [unclosed").expect("write");
+        let report = lint_file(&file);
+        assert!(
+            report.findings[0].message.contains("not valid YAML"),
+            "{:?}",
+            report.findings
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
