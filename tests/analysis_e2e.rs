@@ -133,3 +133,50 @@ async fn a_slow_prometheus_does_not_hold_up_queries_to_another() {
     assert!(matches!(slow_answer, Err(SourceError::Timeout { .. })));
     server.abort();
 }
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_providers_credentials_are_read_from_its_secrets_in_the_real_apiserver() {
+    use rollguard::analysis::provider::connect;
+    use rollguard::api::endpoints::MetricProvider;
+    let ns = TestNamespace::create("provider").await;
+    let provider: MetricProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rollguard.dev/v1alpha1", "kind": "MetricProvider",
+        "metadata": {"name": "prometheus"},
+        "spec": {
+            "prometheus": {
+                "address": prometheus_url(), "timeout": "3s",
+                "bearerToken": {"name": "prometheus-auth", "key": "token"},
+            },
+            "allowedNamespaces": ["*"],
+        },
+    }))
+    .expect("provider");
+    // Before the Secret exists: a configuration error that names it.
+    let err = connect(&ns.client, &ns.name, &provider)
+        .await
+        .expect_err("no Secret yet");
+    assert!(
+        err.to_string().contains(&format!(
+            "Secret {}/prometheus-auth does not exist",
+            ns.name
+        )),
+        "{err}"
+    );
+    ns.apply(
+        &core_resource("v1", "Secret", "secrets"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "prometheus-auth"},
+            "stringData": {"token": "not-checked-by-this-prometheus\n"},
+        }),
+    )
+    .await;
+    let source = connect(&ns.client, &ns.name, &provider)
+        .await
+        .expect("the Secret is read");
+    assert_eq!(source.address(), prometheus_url());
+    let answer = source.query("vector(1)", now()).await.expect("answered");
+    assert_eq!(scalar(&answer), Ok(1.0));
+    ns.cleanup().await;
+}

@@ -4,6 +4,7 @@
 pub mod counters;
 pub mod judge;
 pub mod latency;
+pub mod provider;
 pub mod render;
 pub mod run;
 pub mod sequential;

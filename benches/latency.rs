@@ -1,0 +1,329 @@
+//! Detection benchmark for the latency judgment: false positives per rollout-hour and time to
+//! detect a slower canary, against per-minute p99 rules in the style of Argo Rollouts
+//! (`failureLimit: 3`) and Flagger (`threshold: 5`), all calibrated to the same false-positive
+//! rate.
+//!
+//! `cargo bench --bench latency` (add `-- --quick` for a smoke run). Fixed seeds. Streams are per
+//! second: Poisson request counts per arm, each request's latency log-normal around 50 ms
+//! (σ = 0.5), counted into the bucket boundaries Istio uses, with the regression present from
+//! the first second. rollguard sees cumulative bucket counters every 5 s, as from Prometheus.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Binomial, Distribution, Poisson};
+use rollguard::analysis::latency::{Histogram, LatencyJudge};
+use rollguard::analysis::source::Series;
+use rollguard::api::analysis::Latency;
+use statrs::distribution::{ContinuousCDF, Normal};
+
+const HOUR: usize = 3600;
+const EVAL_EVERY: usize = 5;
+const TARGET_FP: f64 = 0.01;
+const LES: [f64; 16] = [
+    5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 750.0, 1000.0,
+    2500.0, 5000.0,
+];
+const MEDIAN_MS: f64 = 50.0;
+const SIGMA: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Same,
+    /// Every request this much slower.
+    Median(f64),
+    /// Requests above the p95 this much slower (the p99 moves by the factor, the p50 not at all).
+    Tail(f64),
+}
+
+/// P(latency ≤ x) for the shape.
+fn cdf(shape: Shape, x: f64) -> f64 {
+    let n = Normal::new(0.0, 1.0).expect("normal");
+    let base = |x: f64| n.cdf((x / MEDIAN_MS).ln() / SIGMA);
+    let p95 = MEDIAN_MS * (1.644_853_6 * SIGMA).exp();
+    match shape {
+        Shape::Same => base(x),
+        Shape::Median(f) => base(x / f),
+        Shape::Tail(f) => base(x.min(p95)) + (base(x / f) - base(p95)).max(0.0),
+    }
+}
+
+/// Per-bucket probabilities, the last one `+Inf`.
+fn bucket_probabilities(shape: Shape) -> [f64; 17] {
+    let mut out = [0.0; 17];
+    let mut below = 0.0;
+    for (i, le) in LES.iter().enumerate() {
+        let c = cdf(shape, *le);
+        out[i] = c - below;
+        below = c;
+    }
+    out[16] = 1.0 - below;
+    out
+}
+
+type Counts = [u64; 17];
+
+fn second(rps: f64, probs: &[f64; 17], rng: &mut StdRng) -> Counts {
+    let mut n = Poisson::new(rps).map(|d| d.sample(rng)).unwrap_or(0.0) as u64;
+    let mut out = [0u64; 17];
+    let mut left = 1.0;
+    for i in 0..16 {
+        if n == 0 {
+            break;
+        }
+        let p = (probs[i] / left).clamp(0.0, 1.0);
+        let k = Binomial::new(n, p).map(|d| d.sample(rng)).unwrap_or(0);
+        out[i] = k;
+        n -= k;
+        left -= probs[i];
+    }
+    out[16] = n;
+    out
+}
+
+fn stream(c_rps: f64, b_rps: f64, shape: Shape, seed: u64) -> Vec<(Counts, Counts)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let canary = bucket_probabilities(shape);
+    let baseline = bucket_probabilities(Shape::Same);
+    (0..HOUR)
+        .map(|_| {
+            (
+                second(c_rps, &canary, &mut rng),
+                second(b_rps, &baseline, &mut rng),
+            )
+        })
+        .collect()
+}
+
+fn answer(cumulative: &Counts) -> Vec<Series> {
+    let mut running = 0u64;
+    (0..17)
+        .map(|i| {
+            running += cumulative[i];
+            let le = if i == 16 {
+                "+Inf".to_owned()
+            } else {
+                LES[i].to_string()
+            };
+            Series {
+                labels: BTreeMap::from([("le".to_owned(), le)]),
+                value: running as f64,
+            }
+        })
+        .collect()
+}
+
+fn histogram(counts: &Counts) -> Histogram {
+    let mut running = 0.0;
+    Histogram {
+        buckets: (0..17)
+            .map(|i| {
+                running += counts[i] as f64;
+                (if i == 16 { f64::INFINITY } else { LES[i] }, running)
+            })
+            .collect(),
+    }
+}
+
+trait Method {
+    fn name(&self) -> &'static str;
+    /// The usual threshold on the danger value, as users configure it.
+    fn usual(&self) -> f64;
+    fn trace(&self, s: &[(Counts, Counts)]) -> Vec<(usize, f64)>;
+}
+
+struct Rollguard;
+impl Method for Rollguard {
+    fn name(&self) -> &'static str {
+        "rollguard latency"
+    }
+    fn usual(&self) -> f64 {
+        // Each of the three default quantiles is tested at α/3.
+        (3.0 / rollguard::analysis::share::ALPHA).ln()
+    }
+    fn trace(&self, s: &[(Counts, Counts)]) -> Vec<(usize, f64)> {
+        let spec: Latency = serde_json::from_value(serde_json::json!({"buckets": "b"}))
+            .expect("default latency spec");
+        let mut judge = LatencyJudge::new(&spec);
+        let (mut c, mut b) = ([0u64; 17], [0u64; 17]);
+        let mut out = Vec::with_capacity(HOUR / EVAL_EVERY);
+        for (t, (cs, bs)) in s.iter().enumerate() {
+            for i in 0..17 {
+                c[i] += cs[i];
+                b[i] += bs[i];
+            }
+            if t % EVAL_EVERY == 0 {
+                let tick = judge.observe(&answer(&c), &answer(&b));
+                let danger = tick.statistic.map_or(f64::NEG_INFINITY, |s| s.0);
+                out.push((t, danger));
+            }
+        }
+        out
+    }
+}
+
+/// The canary's p99 per minute (`histogram_quantile` on the minute's buckets); the danger is
+/// the `limit`-th largest so far, so an alarm is the `limit`-th failing minute.
+struct PerMinuteP99 {
+    name: &'static str,
+    limit: usize,
+}
+impl Method for PerMinuteP99 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn usual(&self) -> f64 {
+        // An SLO-style bound a little above the healthy p99 (≈ 160 ms): 200 ms.
+        200.0
+    }
+    fn trace(&self, s: &[(Counts, Counts)]) -> Vec<(usize, f64)> {
+        let mut p99s: Vec<f64> = Vec::new();
+        s.chunks(60)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut minute = [0u64; 17];
+                for (c, _) in chunk {
+                    for k in 0..17 {
+                        minute[k] += c[k];
+                    }
+                }
+                p99s.push(histogram(&minute).quantile(0.99).unwrap_or(f64::INFINITY));
+                let mut sorted = p99s.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let danger = sorted
+                    .get(self.limit - 1)
+                    .copied()
+                    .unwrap_or(f64::NEG_INFINITY);
+                ((i + 1) * 60, danger)
+            })
+            .collect()
+    }
+}
+
+fn calibrate(maxima: &mut [f64], fp: f64) -> f64 {
+    maxima.sort_by(f64::total_cmp);
+    let allowed = (maxima.len() as f64 * fp).floor() as usize;
+    maxima[maxima.len() - 1 - allowed]
+}
+
+fn first_alarm(trace: &[(usize, f64)], threshold: f64) -> Option<usize> {
+    trace.iter().find(|(_, v)| *v > threshold).map(|(t, _)| *t)
+}
+
+fn quantile(sorted: &[Option<usize>], q: f64) -> String {
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    match sorted[idx] {
+        Some(t) => format!("{t} s"),
+        None => "> 1 h".to_owned(),
+    }
+}
+
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let half = n / 2;
+    std::thread::scope(|scope| {
+        let f = &f;
+        let second = scope.spawn(move || (half..n).map(f).collect::<Vec<T>>());
+        let mut out: Vec<T> = (0..half).map(f).collect();
+        out.extend(second.join().expect("benchmark thread"));
+        out
+    })
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (null_runs, det_runs) = if quick { (200, 40) } else { (1000, 200) };
+    let methods: Vec<Box<dyn Method + Sync>> = vec![
+        Box::new(Rollguard),
+        Box::new(PerMinuteP99 {
+            name: "Argo p99 ≤ X, failureLimit 3",
+            limit: 4,
+        }),
+        Box::new(PerMinuteP99 {
+            name: "Flagger p99 ≤ X, threshold 5",
+            limit: 5,
+        }),
+    ];
+    let cells: [(&str, f64, f64); 2] = [
+        ("100 vs 100 rps", 100.0, 100.0),
+        ("10 vs 90 rps", 10.0, 90.0),
+    ];
+    let shapes = [Shape::Median(1.3), Shape::Tail(1.6)];
+    let started = std::time::Instant::now();
+    println!(
+        "latency detection: {null_runs} A/A hours and {det_runs} regression runs per cell; calibrated to {:.0}% FP per rollout-hour\n",
+        TARGET_FP * 100.0
+    );
+    println!(
+        "| traffic | regression | method | detected | median TTD | p90 TTD | FP at usual | median TTD at usual |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (ci, (label, c_rps, b_rps)) in cells.iter().enumerate() {
+        let maxima: Vec<Vec<f64>> = parallel(null_runs, |r| {
+            let s = stream(
+                *c_rps,
+                *b_rps,
+                Shape::Same,
+                5_000_000 * (ci as u64 + 1) + r as u64,
+            );
+            methods
+                .iter()
+                .map(|m| {
+                    m.trace(&s)
+                        .iter()
+                        .map(|(_, v)| *v)
+                        .fold(f64::NEG_INFINITY, f64::max)
+                })
+                .collect()
+        });
+        let mut thresholds = Vec::new();
+        let mut usual_fp = Vec::new();
+        for (k, m) in methods.iter().enumerate() {
+            let mut column: Vec<f64> = maxima.iter().map(|row| row[k]).collect();
+            usual_fp.push(
+                column.iter().filter(|v| **v > m.usual()).count() as f64 / column.len() as f64,
+            );
+            thresholds.push(calibrate(&mut column, TARGET_FP));
+        }
+        for (si, shape) in shapes.iter().enumerate() {
+            let alarms: Vec<Vec<(Option<usize>, Option<usize>)>> = parallel(det_runs, |r| {
+                let seed = 7_000_000 * (ci as u64 + 1) + 100_000 * si as u64 + r as u64;
+                let s = stream(*c_rps, *b_rps, *shape, seed);
+                methods
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        let trace = m.trace(&s);
+                        (
+                            first_alarm(&trace, thresholds[k]),
+                            first_alarm(&trace, m.usual()),
+                        )
+                    })
+                    .collect()
+            });
+            for (k, m) in methods.iter().enumerate() {
+                let mut calibrated: Vec<Option<usize>> =
+                    alarms.iter().map(|row| row[k].0).collect();
+                let mut at_usual: Vec<Option<usize>> = alarms.iter().map(|row| row[k].1).collect();
+                calibrated.sort_by_key(|t| t.unwrap_or(usize::MAX));
+                at_usual.sort_by_key(|t| t.unwrap_or(usize::MAX));
+                let detected = calibrated.iter().filter(|t| t.is_some()).count();
+                let what = match shape {
+                    Shape::Median(f) => format!("all x{f}"),
+                    Shape::Tail(f) => format!("tail x{f} (p99 +{:.0}%)", (f - 1.0) * 100.0),
+                    Shape::Same => "none".into(),
+                };
+                println!(
+                    "| {label} | {what} | {} | {:.0}% | {} | {} | {:.2}% | {} |",
+                    m.name(),
+                    detected as f64 * 100.0 / det_runs as f64,
+                    quantile(&calibrated, 0.5),
+                    quantile(&calibrated, 0.9),
+                    usual_fp[k] * 100.0,
+                    quantile(&at_usual, 0.5),
+                );
+            }
+        }
+    }
+    eprintln!("\n({:.1} s)", started.elapsed().as_secs_f64());
+}
