@@ -6,12 +6,15 @@
 //! are reproducible. Streams are per second: Poisson request counts per arm and binomial errors,
 //! a regression present from the first second; each method sees the identical stream.
 
+mod support;
+
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, Poisson};
 use rollguard::analysis::sequential::ShareTest;
 use rollguard::analysis::share::{ArmCounts, ShareConfig, ShareJudge};
 use rollguard::api::analysis::ErrorRate;
+use support::{calibrate, first_alarm, parallel, quantile};
 
 const HOUR: usize = 3600;
 const EVAL_EVERY: usize = 5;
@@ -172,27 +175,6 @@ impl Method for PerMinute {
     }
 }
 
-/// The threshold at which `fp` of the null runs alarm: alarms are `value > threshold`.
-fn calibrate(null_maxima: &mut [f64], fp: f64) -> f64 {
-    null_maxima.sort_by(f64::total_cmp);
-    let allowed = (null_maxima.len() as f64 * fp).floor() as usize;
-    let idx = null_maxima.len() - 1 - allowed;
-    // Ties at the threshold would alarm together; step just above them.
-    null_maxima[idx]
-}
-
-fn first_alarm(trace: &[(usize, f64)], threshold: f64) -> Option<usize> {
-    trace.iter().find(|(_, v)| *v > threshold).map(|(t, _)| *t)
-}
-
-fn quantile(sorted: &[Option<usize>], q: f64) -> String {
-    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    match sorted[idx] {
-        Some(t) => format!("{t} s"),
-        None => "> 1 h".to_owned(),
-    }
-}
-
 struct Cell {
     label: &'static str,
     traffic: Traffic,
@@ -273,18 +255,6 @@ fn run_cell(
         }
     }
     rows
-}
-
-/// Runs `f` over 0..n on two threads (the benchmark machine has two cores), in order.
-fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let half = n / 2;
-    std::thread::scope(|scope| {
-        let f = &f;
-        let second = scope.spawn(move || (half..n).map(f).collect::<Vec<T>>());
-        let mut out: Vec<T> = (0..half).map(f).collect();
-        out.extend(second.join().expect("benchmark thread"));
-        out
-    })
 }
 
 fn main() {

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+mod support;
+
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, Poisson};
@@ -17,6 +19,7 @@ use rollguard::analysis::latency::{Histogram, LatencyJudge};
 use rollguard::analysis::source::Series;
 use rollguard::api::analysis::Latency;
 use statrs::distribution::{ContinuousCDF, Normal};
+use support::{calibrate, first_alarm, parallel, quantile};
 
 const HOUR: usize = 3600;
 const EVAL_EVERY: usize = 5;
@@ -199,35 +202,6 @@ impl Method for PerMinuteP99 {
             })
             .collect()
     }
-}
-
-fn calibrate(maxima: &mut [f64], fp: f64) -> f64 {
-    maxima.sort_by(f64::total_cmp);
-    let allowed = (maxima.len() as f64 * fp).floor() as usize;
-    maxima[maxima.len() - 1 - allowed]
-}
-
-fn first_alarm(trace: &[(usize, f64)], threshold: f64) -> Option<usize> {
-    trace.iter().find(|(_, v)| *v > threshold).map(|(t, _)| *t)
-}
-
-fn quantile(sorted: &[Option<usize>], q: f64) -> String {
-    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    match sorted[idx] {
-        Some(t) => format!("{t} s"),
-        None => "> 1 h".to_owned(),
-    }
-}
-
-fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let half = n / 2;
-    std::thread::scope(|scope| {
-        let f = &f;
-        let second = scope.spawn(move || (half..n).map(f).collect::<Vec<T>>());
-        let mut out: Vec<T> = (0..half).map(f).collect();
-        out.extend(second.join().expect("benchmark thread"));
-        out
-    })
 }
 
 fn main() {
