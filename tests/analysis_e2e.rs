@@ -180,3 +180,36 @@ async fn a_providers_credentials_are_read_from_its_secrets_in_the_real_apiserver
     assert_eq!(scalar(&answer), Ok(1.0));
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_huge_answer_is_refused_with_the_fix() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let n = rollguard::analysis::source::MAX_SERIES + 1;
+    let result: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"metric": {"pod": format!("p{i}")}, "value": [1, "1"]}))
+        .collect();
+    let body = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": result}})
+        .to_string();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = vec![0u8; 65536];
+        let _ = socket.read(&mut request).await;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.expect("write");
+        socket.write_all(body.as_bytes()).await.expect("write");
+    });
+    let err = source(&address, Duration::from_secs(5))
+        .query("up", now())
+        .await
+        .expect_err("too many series");
+    assert!(matches!(err, SourceError::Decode(_)), "{err}");
+    assert!(err.to_string().contains(&format!("{n} series")), "{err}");
+    server.abort();
+}

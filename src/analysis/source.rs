@@ -60,6 +60,17 @@ pub trait MetricSource: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Series>, SourceError>> + Send;
 }
 
+/// The most series one answer may hold. Judgments want one series or a handful (one per pod
+/// or per bucket); thousands mean a query that forgot to aggregate, and tracking each of them
+/// between measurements would cost memory for nothing.
+pub const MAX_SERIES: usize = 10_000;
+
+fn too_many(n: usize) -> SourceError {
+    SourceError::Decode(format!(
+        "the query returned {n} series, more than the {MAX_SERIES} rollguard accepts: aggregate it (e.g. sum(...) or sum by (le) (...))"
+    ))
+}
+
 /// The single finite value of an answer.
 pub fn scalar(series: &[Series]) -> Result<f64, NoValue> {
     match series {
@@ -237,6 +248,7 @@ impl MetricSource for PrometheusSource {
             .await
             .map_err(|e| self.map_error(e))?;
         match answer.data() {
+            Data::Vector(v) if v.len() > MAX_SERIES => Err(too_many(v.len())),
             Data::Vector(v) => Ok(v
                 .iter()
                 .map(|s| Series {
