@@ -14,7 +14,7 @@ use rand_distr::{Binomial, Distribution, Poisson};
 use rollguard::analysis::sequential::ShareTest;
 use rollguard::analysis::share::{ArmCounts, ShareConfig, ShareJudge};
 use rollguard::api::analysis::ErrorRate;
-use support::{calibrate, first_alarm, parallel, quantile};
+use support::{detection_cells, first_alarm, parallel, peak, thresholds};
 
 const HOUR: usize = 3600;
 const EVAL_EVERY: usize = 5;
@@ -198,25 +198,10 @@ fn run_cell(
     // A/A: one stream per run, every method on the same stream.
     let maxima: Vec<Vec<f64>> = parallel(null_runs, |r| {
         let s = stream(cell.traffic, 1.0, 1_000_000 * (ci as u64 + 1) + r as u64);
-        methods
-            .iter()
-            .map(|m| {
-                m.trace(&s)
-                    .iter()
-                    .map(|(_, v)| *v)
-                    .fold(f64::NEG_INFINITY, f64::max)
-            })
-            .collect()
+        methods.iter().map(|m| peak(&m.trace(&s))).collect()
     });
-    let mut thresholds = Vec::new();
-    let mut usual_fp = Vec::new();
-    for (k, m) in methods.iter().enumerate() {
-        let mut column: Vec<f64> = maxima.iter().map(|row| row[k]).collect();
-        usual_fp.push(
-            column.iter().filter(|v| **v > usual(m.as_ref())).count() as f64 / column.len() as f64,
-        );
-        thresholds.push(calibrate(&mut column, TARGET_FP));
-    }
+    let usuals: Vec<f64> = methods.iter().map(|m| usual(m.as_ref())).collect();
+    let (thresholds, usual_fp) = thresholds(&maxima, &usuals, TARGET_FP);
     let mut rows = Vec::new();
     for &mult in cell.multipliers {
         // (calibrated, usual) first alarm per method per run.
@@ -236,21 +221,12 @@ fn run_cell(
                 .collect()
         });
         for (k, m) in methods.iter().enumerate() {
-            let mut calibrated: Vec<Option<usize>> = alarms.iter().map(|row| row[k].0).collect();
-            let mut at_usual: Vec<Option<usize>> = alarms.iter().map(|row| row[k].1).collect();
-            calibrated.sort_by_key(|t| t.unwrap_or(usize::MAX));
-            at_usual.sort_by_key(|t| t.unwrap_or(usize::MAX));
-            let detected = calibrated.iter().filter(|t| t.is_some()).count();
             rows.push(format!(
-                "| {} | x{} | {} | {:.0}% | {} | {} | {:.2}% | {} |",
+                "| {} | x{} | {} | {} |",
                 cell.label,
                 mult,
                 m.name(),
-                detected as f64 * 100.0 / det_runs as f64,
-                quantile(&calibrated, 0.5),
-                quantile(&calibrated, 0.9),
-                usual_fp[k] * 100.0,
-                quantile(&at_usual, 0.5),
+                detection_cells(&alarms, k, usual_fp[k]),
             ));
         }
     }

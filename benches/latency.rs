@@ -19,7 +19,7 @@ use rollguard::analysis::latency::{Histogram, LatencyJudge};
 use rollguard::analysis::source::Series;
 use rollguard::api::analysis::Latency;
 use statrs::distribution::{ContinuousCDF, Normal};
-use support::{calibrate, first_alarm, parallel, quantile};
+use support::{detection_cells, first_alarm, parallel, peak, thresholds};
 
 const HOUR: usize = 3600;
 const EVAL_EVERY: usize = 5;
@@ -240,25 +240,10 @@ fn main() {
                 Shape::Same,
                 5_000_000 * (ci as u64 + 1) + r as u64,
             );
-            methods
-                .iter()
-                .map(|m| {
-                    m.trace(&s)
-                        .iter()
-                        .map(|(_, v)| *v)
-                        .fold(f64::NEG_INFINITY, f64::max)
-                })
-                .collect()
+            methods.iter().map(|m| peak(&m.trace(&s))).collect()
         });
-        let mut thresholds = Vec::new();
-        let mut usual_fp = Vec::new();
-        for (k, m) in methods.iter().enumerate() {
-            let mut column: Vec<f64> = maxima.iter().map(|row| row[k]).collect();
-            usual_fp.push(
-                column.iter().filter(|v| **v > m.usual()).count() as f64 / column.len() as f64,
-            );
-            thresholds.push(calibrate(&mut column, TARGET_FP));
-        }
+        let usuals: Vec<f64> = methods.iter().map(|m| m.usual()).collect();
+        let (thresholds, usual_fp) = thresholds(&maxima, &usuals, TARGET_FP);
         for (si, shape) in shapes.iter().enumerate() {
             let alarms: Vec<Vec<(Option<usize>, Option<usize>)>> = parallel(det_runs, |r| {
                 let seed = 7_000_000 * (ci as u64 + 1) + 100_000 * si as u64 + r as u64;
@@ -276,25 +261,15 @@ fn main() {
                     .collect()
             });
             for (k, m) in methods.iter().enumerate() {
-                let mut calibrated: Vec<Option<usize>> =
-                    alarms.iter().map(|row| row[k].0).collect();
-                let mut at_usual: Vec<Option<usize>> = alarms.iter().map(|row| row[k].1).collect();
-                calibrated.sort_by_key(|t| t.unwrap_or(usize::MAX));
-                at_usual.sort_by_key(|t| t.unwrap_or(usize::MAX));
-                let detected = calibrated.iter().filter(|t| t.is_some()).count();
                 let what = match shape {
                     Shape::Median(f) => format!("all x{f}"),
                     Shape::Tail(f) => format!("tail x{f} (p99 +{:.0}%)", (f - 1.0) * 100.0),
                     Shape::Same => "none".into(),
                 };
                 println!(
-                    "| {label} | {what} | {} | {:.0}% | {} | {} | {:.2}% | {} |",
+                    "| {label} | {what} | {} | {} |",
                     m.name(),
-                    detected as f64 * 100.0 / det_runs as f64,
-                    quantile(&calibrated, 0.5),
-                    quantile(&calibrated, 0.9),
-                    usual_fp[k] * 100.0,
-                    quantile(&at_usual, 0.5),
+                    detection_cells(&alarms, k, usual_fp[k]),
                 );
             }
         }

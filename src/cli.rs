@@ -228,8 +228,7 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         println!("{:<22}{:<22}{:<14}REASON", "TIME", "METRIC", "VERDICT");
     }
     let total = (to - from) / step + 1;
-    let mut last: std::collections::BTreeMap<String, (crate::analysis::verdict::Verdict, bool)> =
-        Default::default();
+    let mut timeline = crate::backtest::Timeline::default();
     let mut seen = 0i64;
     let report = crate::backtest::replay(
         &template.name,
@@ -241,14 +240,13 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         |m, decision| {
             seen += 1;
             if text {
-                let key = (m.verdict, m.problem.is_some());
-                if last.insert(m.metric.clone(), key) != Some(key) {
+                if timeline.is_change(m) {
                     println!(
                         "{:<22}{:<22}{:<14}{}",
                         format_time(m.at),
                         m.metric,
-                        m.verdict.to_string(),
-                        m.reason
+                        m.outcome.verdict.to_string(),
+                        m.outcome.reason
                     );
                 }
                 if let Some(d) = decision {
@@ -312,14 +310,17 @@ fn print_evidence(m: &Measurement, from: i64) {
         m.at - from,
         m.metric
     );
-    println!("  reason:    {}", m.reason);
-    if let Some(s) = &m.statistic {
+    println!("  reason:    {}", m.outcome.reason);
+    if let Some(s) = &m.outcome.statistic {
         println!(
             "  statistic: {} = {:.3} against {:.3}",
             s.name, s.value, s.threshold
         );
     }
-    for (arm, counts) in [(Arm::Canary, m.canary), (Arm::Baseline, m.baseline)] {
+    for (arm, counts) in [
+        (Arm::Canary, m.outcome.canary),
+        (Arm::Baseline, m.outcome.baseline),
+    ] {
         if let Some(c) = counts {
             println!(
                 "  {arm:<9}  {} requests, {} events ({})",
@@ -339,7 +340,7 @@ fn print_evidence(m: &Measurement, from: i64) {
         println!(
             "  {:<9} {:<9} {}  {value}",
             q.arm.to_string(),
-            format!("{:?}", q.role).to_lowercase(),
+            q.role.to_string(),
             q.promql
         );
     }

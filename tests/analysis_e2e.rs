@@ -78,26 +78,6 @@ async fn a_closed_port_is_unreachable() {
     assert!(err.to_string().contains(&port.to_string()), "{err}");
 }
 
-/// A server that accepts connections and never answers, for the lifetime of the test.
-async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = format!("http://{}", listener.local_addr().expect("address"));
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        // Bounded: the test makes a handful of connections at most.
-        for _ in 0..16 {
-            match listener.accept().await {
-                Ok((socket, _)) => held.push(socket),
-                Err(_) => break,
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    });
-    (address, task)
-}
-
 #[tokio::test]
 async fn a_prometheus_that_never_answers_times_out_with_the_reason() {
     let (address, server) = silent_server().await;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, LogNormal, Poisson};
-use rollguard::analysis::run::{AnalysisRun, Decision, Target};
+use rollguard::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use rollguard::analysis::source::{Credentials, PrometheusSource};
 use rollguard::analysis::verdict::Verdict;
 use rollguard::backtest::{Report, replay};
@@ -247,6 +247,29 @@ async fn backtest(url: &str, namespace: &str, from: i64, to: i64, timeout: Durat
     replay(namespace, &mut run, &source, from, to, STEP, |_, _| {}).await
 }
 
+/// The first Fail of `report`: it must be `metric`'s, after minute 10 and within `minutes` of it.
+fn caught_after_minute_10(report: &Report, metric: &str, start: i64, minutes: i64) -> Measurement {
+    let ten = start + 600;
+    let fail = report
+        .first_fail
+        .clone()
+        .unwrap_or_else(|| panic!("{}: the regression is not caught", report.template));
+    eprintln!(
+        "{}: first Fail {} s after minute 10: {}",
+        report.template,
+        fail.at - ten,
+        fail.outcome.reason
+    );
+    assert_eq!(fail.metric, metric);
+    assert!(
+        fail.at > ten && fail.at <= ten + minutes * 60,
+        "{}: first Fail at minute {:.2}",
+        report.template,
+        (fail.at - start) as f64 / 60.0
+    );
+    fail
+}
+
 fn aligned_start() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -269,7 +292,7 @@ async fn backfilled_histories_are_judged_as_the_controller_would() {
     let fails: Vec<_> = aa
         .measurements
         .iter()
-        .filter(|m| m.verdict == Verdict::Fail)
+        .filter(|m| m.outcome.verdict == Verdict::Fail)
         .collect();
     assert!(fails.is_empty(), "A/A failed: {:#?}", fails.first());
     let passed = aa
@@ -292,23 +315,9 @@ async fn backfilled_histories_are_judged_as_the_controller_would() {
 
     // Errors ×4 from minute 10: the first Fail comes after it, and within two minutes.
     let errors = backtest(&prom.url, "errors", start, end, Duration::from_secs(10)).await;
-    let fail = errors
-        .first_fail
-        .clone()
-        .expect("the error regression is caught");
-    eprintln!(
-        "errors ×4: first Fail {} s after minute 10: {}",
-        fail.at - minute(10),
-        fail.reason
-    );
-    assert_eq!(fail.metric, "error-rate");
-    assert!(
-        fail.at > minute(10) && fail.at <= minute(12),
-        "first Fail at minute {:.2}",
-        (fail.at - start) as f64 / 60.0
-    );
+    let fail = caught_after_minute_10(&errors, "error-rate", start, 2);
     assert!(fail.critical);
-    let evidence = fail.canary.expect("canary counts");
+    let evidence = fail.outcome.canary.expect("canary counts");
     assert!(evidence.requests > 0.0 && evidence.events > 0.0);
     assert!(fail.queries.iter().all(|q| {
         q.promql
@@ -317,27 +326,17 @@ async fn backfilled_histories_are_judged_as_the_controller_would() {
 
     // p99 +60% from minute 10: the latency metric catches it, naming the quantile.
     let tail = backtest(&prom.url, "tail", start, end, Duration::from_secs(10)).await;
-    let fail = tail
-        .first_fail
-        .clone()
-        .expect("the tail regression is caught");
-    eprintln!(
-        "p99 +60%: first Fail {} s after minute 10: {}",
-        fail.at - minute(10),
-        fail.reason
-    );
-    assert_eq!(fail.metric, "latency");
+    let fail = caught_after_minute_10(&tail, "latency", start, 3);
     assert!(
-        fail.at > minute(10) && fail.at <= minute(13),
-        "first Fail at minute {:.2}",
-        (fail.at - start) as f64 / 60.0
+        fail.outcome.reason.contains("p99"),
+        "{}",
+        fail.outcome.reason
     );
-    assert!(fail.reason.contains("p99"), "{}", fail.reason);
     let early = tail
         .measurements
         .iter()
         .filter(|m| m.at <= minute(10))
-        .all(|m| m.verdict != Verdict::Fail);
+        .all(|m| m.outcome.verdict != Verdict::Fail);
     assert!(early, "no Fail before the regression");
 
     // No traffic from minute 12 to 16: never Pass there, and the run stops to say so.
@@ -350,14 +349,18 @@ async fn backfilled_histories_are_judged_as_the_controller_would() {
     assert!(!quiet.is_empty());
     for m in &quiet {
         assert_eq!(
-            m.verdict,
+            m.outcome.verdict,
             Verdict::Inconclusive,
             "{} at +{} s: {}",
             m.metric,
             m.at - start,
-            m.reason
+            m.outcome.reason
         );
-        assert!(m.reason.contains("no requests"), "{}", m.reason);
+        assert!(
+            m.outcome.reason.contains("no requests"),
+            "{}",
+            m.outcome.reason
+        );
     }
     assert!(
         idle.decisions
@@ -422,29 +425,24 @@ async fn a_stopped_or_slow_prometheus_is_inconclusive_with_the_reason() {
     let report = backtest(&closed, "aa", start, start + 30, Duration::from_secs(2)).await;
     assert!(!report.measurements.is_empty());
     for m in &report.measurements {
-        assert_eq!(m.verdict, Verdict::Inconclusive);
-        assert!(m.reason.contains("cannot reach"), "{}", m.reason);
+        assert_eq!(m.outcome.verdict, Verdict::Inconclusive);
+        assert!(
+            m.outcome.reason.contains("cannot reach"),
+            "{}",
+            m.outcome.reason
+        );
     }
     // Slow: accepts connections and never answers; the timeout turns it into a reason.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let slow = format!("http://{}", listener.local_addr().expect("address"));
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        for _ in 0..32 {
-            match listener.accept().await {
-                Ok((socket, _)) => held.push(socket),
-                Err(_) => break,
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(20)).await;
-    });
+    let (slow, hold) = common::silent_server().await;
     let began = Instant::now();
     let report = backtest(&slow, "aa", start, start + 10, Duration::from_millis(700)).await;
     for m in &report.measurements {
-        assert_eq!(m.verdict, Verdict::Inconclusive);
-        assert!(m.reason.contains("within 700ms"), "{}", m.reason);
+        assert_eq!(m.outcome.verdict, Verdict::Inconclusive);
+        assert!(
+            m.outcome.reason.contains("within 700ms"),
+            "{}",
+            m.outcome.reason
+        );
     }
     // Two evaluations, all queries of each at once: about two timeouts, not one per query.
     assert!(

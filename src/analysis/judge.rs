@@ -47,6 +47,17 @@ pub enum Role {
     Buckets,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Value => "value",
+            Role::Requests => "requests",
+            Role::Errors => "errors",
+            Role::Buckets => "buckets",
+        })
+    }
+}
+
 /// Why a measurement has no verdict of its own. Both count toward the inconclusive limit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "detail")]
@@ -105,7 +116,7 @@ impl Outcome {
     fn from_source(arm: Arm, role: Role, e: &SourceError) -> Outcome {
         Outcome::problem(
             Problem::QueryFailed(e.to_string()),
-            format!("{arm} {role:?} query failed: {e}").to_lowercase_first(),
+            format!("{arm} {role} query failed: {e}"),
         )
     }
 
@@ -116,20 +127,6 @@ impl Outcome {
             NoValue::Several(_) | NoValue::Infinite(_) => {
                 Outcome::problem(Problem::QueryFailed(e.to_string()), reason)
             }
-        }
-    }
-}
-
-trait LowerFirst {
-    fn to_lowercase_first(self) -> String;
-}
-
-impl LowerFirst for String {
-    fn to_lowercase_first(self) -> String {
-        let mut c = self.chars();
-        match c.next() {
-            Some(f) => f.to_lowercase().chain(c).collect(),
-            None => self,
         }
     }
 }
@@ -149,12 +146,10 @@ impl Judge {
         let judges = [
             metric.threshold.clone().map(Judge::Threshold),
             metric.relative.clone().map(Judge::Relative),
-            metric.error_rate.as_ref().map(|e| {
-                Judge::ErrorRate(Box::new(ErrorRateJudge::new(
-                    ShareConfig::from(e),
-                    [e.requests.clone(), e.errors.clone()],
-                )))
-            }),
+            metric
+                .error_rate
+                .as_ref()
+                .map(|e| Judge::ErrorRate(Box::new(ErrorRateJudge::new(ShareConfig::from(e))))),
             metric
                 .latency
                 .as_ref()
@@ -179,13 +174,16 @@ impl Judge {
                 (Arm::Canary, Role::Value, r.query.as_str()),
                 (Arm::Baseline, Role::Value, r.query.as_str()),
             ],
-            Judge::ErrorRate(e) => {
-                let [requests, errors] = &e.queries;
+            Judge::ErrorRate(_) => {
+                let (requests, errors) = metric
+                    .error_rate
+                    .as_ref()
+                    .map_or(("", ""), |e| (e.requests.as_str(), e.errors.as_str()));
                 vec![
-                    (Arm::Canary, Role::Requests, requests.as_str()),
-                    (Arm::Canary, Role::Errors, errors.as_str()),
-                    (Arm::Baseline, Role::Requests, requests.as_str()),
-                    (Arm::Baseline, Role::Errors, errors.as_str()),
+                    (Arm::Canary, Role::Requests, requests),
+                    (Arm::Canary, Role::Errors, errors),
+                    (Arm::Baseline, Role::Requests, requests),
+                    (Arm::Baseline, Role::Errors, errors),
                 ]
             }
             Judge::Latency(_) => {
@@ -308,16 +306,14 @@ fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Outcome {
 /// `errorRate`: counters in, share test on the increments.
 #[derive(Clone, Debug)]
 pub struct ErrorRateJudge {
-    queries: [String; 2],
     /// requests, errors of the canary, then of the baseline.
     trackers: [CounterTracker; 4],
     share: ShareJudge,
 }
 
 impl ErrorRateJudge {
-    pub fn new(config: ShareConfig, queries: [String; 2]) -> ErrorRateJudge {
+    pub fn new(config: ShareConfig) -> ErrorRateJudge {
         ErrorRateJudge {
-            queries,
             trackers: Default::default(),
             share: ShareJudge::new(config),
         }

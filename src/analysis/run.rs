@@ -19,9 +19,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::judge::{Answer, Arm, Judge, Outcome, Problem, Role, Statistic};
+use super::judge::{Answer, Arm, Judge, Outcome, Problem, Role};
 use super::render::{Bindings, RenderError, bind_args, render};
-use super::share::ArmCounts;
 use super::source::{MetricSource, SourceError};
 use super::verdict::Verdict;
 use crate::api::analysis::{
@@ -91,17 +90,9 @@ pub struct Measurement {
     pub metric: String,
     /// Unix seconds of the evaluation.
     pub at: i64,
-    pub verdict: Verdict,
-    pub reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<Problem>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
     pub queries: Vec<QueryEvidence>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub canary: Option<ArmCounts>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<ArmCounts>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub statistic: Option<Statistic>,
     pub critical: bool,
     pub dry_run: bool,
 }
@@ -303,24 +294,14 @@ impl AnalysisRun {
         let measurement = Measurement {
             metric: m.metric.name.clone(),
             at,
-            verdict: outcome.verdict,
-            reason: outcome.reason,
-            problem: outcome.problem,
+            outcome,
             queries,
-            canary: outcome.canary,
-            baseline: outcome.baseline,
-            statistic: outcome.statistic,
             critical: m.metric.critical,
             dry_run: m.metric.dry_run,
         };
         m.last_at = Some(at);
         m.last = Some(measurement.clone());
         measurement
-    }
-
-    /// The latest measurement of each metric.
-    pub fn latest(&self) -> Vec<Option<&Measurement>> {
-        self.metrics.iter().map(|m| m.last.as_ref()).collect()
     }
 
     /// The run-level decision from the latest measurements.
@@ -330,10 +311,10 @@ impl AnalysisRun {
             acting.iter().find_map(|m| {
                 m.last
                     .as_ref()
-                    .filter(|l| l.verdict == Verdict::Fail && m.metric.critical == critical)
+                    .filter(|l| l.outcome.verdict == Verdict::Fail && m.metric.critical == critical)
                     .map(|l| Decision::Fail {
                         metric: l.metric.clone(),
-                        reason: l.reason.clone(),
+                        reason: l.outcome.reason.clone(),
                         critical,
                     })
             })
@@ -351,15 +332,17 @@ impl AnalysisRun {
                     "{} measurements in a row without a result (inconclusiveLimit {}); last: {}",
                     m.problems_in_a_row,
                     self.inconclusive_limit,
-                    m.last.as_ref().map_or("", |l| l.reason.as_str())
+                    m.last.as_ref().map_or("", |l| l.outcome.reason.as_str())
                 ),
                 action: self.on_inconclusive,
             };
         }
         let all_pass = !acting.is_empty()
-            && acting
-                .iter()
-                .all(|m| m.last.as_ref().is_some_and(|l| l.verdict == Verdict::Pass));
+            && acting.iter().all(|m| {
+                m.last
+                    .as_ref()
+                    .is_some_and(|l| l.outcome.verdict == Verdict::Pass)
+            });
         if all_pass {
             Decision::Pass
         } else {
@@ -541,11 +524,13 @@ mod tests {
         )
         .expect("run");
         let m = run.record(0, &[Ok(vec![])], 0);
-        assert_eq!(m.verdict, Verdict::Fail);
+        assert_eq!(m.outcome.verdict, Verdict::Fail);
         assert!(
-            m.reason.starts_with("no data, and onNoData is Fail"),
+            m.outcome
+                .reason
+                .starts_with("no data, and onNoData is Fail"),
             "{}",
-            m.reason
+            m.outcome.reason
         );
     }
 

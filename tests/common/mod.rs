@@ -295,3 +295,23 @@ pub fn run_ok(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     );
     r.stdout
 }
+
+/// A server that accepts connections and never answers, for the lifetime of the test.
+/// Bounded: it holds at most 32 connections and lets go after 30 s.
+pub async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..32 {
+            match listener.accept().await {
+                Ok((socket, _)) => held.push(socket),
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    (address, task)
+}
