@@ -10,6 +10,7 @@ use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::{Credentials, PrometheusSource};
 use crate::backtest::{format_time, parse_time};
 use crate::lint::Severity;
+use crate::rollout::machine::RequestAction;
 
 #[derive(Debug, Parser)]
 #[command(name = "rollguard", version, about, propagate_version = true)]
@@ -41,6 +42,77 @@ pub enum Command {
     /// Replay a template over a past time range against Prometheus, as the controller would,
     /// and print the verdicts and the first Fail with its evidence.
     Backtest(Box<BacktestArgs>),
+    /// Run the controller: reconcile Rollouts, judge canaries, promote or roll back.
+    Controller(ControllerArgs),
+    /// Show a Rollout: phase, step, weights, both digests, the latest verdicts and the timeline.
+    Status {
+        rollout: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Keep watching and print each change.
+        #[arg(short, long)]
+        watch: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Skip the remaining steps and promote the canary.
+    Promote(RequestArgs),
+    /// Roll the canary back now (or the last promotion, within its post-promotion window); the
+    /// Release is marked Unstable.
+    Abort(RequestArgs),
+    /// Hold the canary at its current step; the analysis keeps judging.
+    Pause(RequestArgs),
+    /// Continue after a pause.
+    Resume(RequestArgs),
+    /// Lift a Release's Unstable verdict so that its digest may be canaried again.
+    Override {
+        /// The Release (`<rollout>-<10 hex>`), as `rollguard status` shows it.
+        release: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Why the verdict no longer holds; recorded in the Release.
+        #[arg(long, required = true)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    pub rollout: String,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Recorded in the Release's history.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "ROLLGUARD_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// The controller's namespace, where provider and receiver Secrets live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rollguard-system")]
+    namespace: String,
+    /// Rollouts reconciled at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Leader election Lease (issue 7; accepted now so the chart's flags parse).
+    #[arg(long, default_value = "rollguard")]
+    lease_name: String,
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: std::time::Duration,
+    /// `json` for one JSON object per line, `text` for people.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,7 +190,72 @@ pub fn run() -> anyhow::Result<()> {
             .build()
             .context("starting the runtime")?
             .block_on(backtest(*args)),
+        Command::Controller(args) => {
+            init_logs(args.log_format);
+            tracing::info!(lease = %args.lease_name, lease_duration = ?args.lease_duration, renew_deadline = ?args.renew_deadline, "leader election is not built yet: run one replica");
+            runtime(true)?.block_on(crate::controller::run(crate::controller::Settings {
+                listen: args.listen,
+                namespace: args.namespace,
+                concurrency: args.concurrency,
+            }))
+        }
+        Command::Status {
+            rollout,
+            namespace,
+            watch,
+            output,
+        } => runtime(false)?.block_on(async {
+            let (client, ns) = crate::ops::client_and_namespace(namespace).await?;
+            crate::ops::status(&client, &ns, &rollout, watch, output == Output::Json).await
+        }),
+        Command::Promote(a) => send(a, RequestAction::Promote),
+        Command::Abort(a) => send(a, RequestAction::Abort),
+        Command::Pause(a) => send(a, RequestAction::Pause),
+        Command::Resume(a) => send(a, RequestAction::Resume),
+        Command::Override {
+            release,
+            namespace,
+            reason,
+        } => runtime(false)?.block_on(async {
+            let (client, ns) = crate::ops::client_and_namespace(namespace).await?;
+            let by = crate::ops::override_release(&client, &ns, &release, &reason).await?;
+            println!("Release {ns}/{release}: Unstable verdict lifted by {by}: {reason}");
+            Ok(())
+        }),
     }
+}
+
+fn runtime(threads: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if threads {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().context("starting the runtime")
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn send(a: RequestArgs, action: RequestAction) -> anyhow::Result<()> {
+    runtime(false)?.block_on(async {
+        let (client, ns) = crate::ops::client_and_namespace(a.namespace).await?;
+        let r = crate::ops::request(&client, &ns, &a.rollout, action, a.reason).await?;
+        println!(
+            "{action} of Rollout {ns}/{} sent by {} (request {})",
+            a.rollout, r.by, r.id
+        );
+        Ok(())
+    })
 }
 
 /// Prints the findings; returns whether there were no errors.

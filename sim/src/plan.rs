@@ -291,7 +291,10 @@ mod tests {
             namespace: "shop".into(),
             name: "checkout".into(),
             rps,
-            rules: vec![RouteRule { backends }],
+            rules: vec![RouteRule {
+                name: None,
+                backends,
+            }],
         }
     }
 

@@ -4,13 +4,14 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::Condition;
+use super::rollout::MetricEvidence;
 
 /// Legal phase moves. Unstable leaves only with an override that gives a reason.
 pub const PHASE_TRANSITION_RULE: &str = "!has(oldSelf.phase) || !has(self.phase) || self.phase == oldSelf.phase \
 || (oldSelf.phase == 'Candidate' && self.phase in ['Progressing', 'Unstable', 'Superseded']) \
 || (oldSelf.phase == 'Progressing' && self.phase in ['Stable', 'Unstable', 'Superseded']) \
 || (oldSelf.phase == 'Stable' && self.phase in ['Superseded', 'Unstable']) \
-|| (oldSelf.phase == 'Superseded' && self.phase == 'Stable') \
+|| (oldSelf.phase == 'Superseded' && self.phase in ['Stable', 'Progressing']) \
 || (oldSelf.phase == 'Unstable' && self.phase in ['Stable', 'Candidate'] \
     && has(self.override) && self.override.reason.trim().size() > 0)";
 
@@ -102,6 +103,20 @@ pub struct ReleaseStatus {
     pub history: Vec<HistoryEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Why the Release is Unstable: the verdict and the measurements it rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<ReleaseVerdict>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseVerdict {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<MetricEvidence>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]

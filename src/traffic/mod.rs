@@ -1,5 +1,9 @@
 //! Traffic routers: the route objects whose weights split traffic between stable and canary.
 
 pub mod route;
+pub mod router;
+pub mod weights;
 
 pub use route::{Backend, RouteError, RouteKind, RouteRule};
+pub use router::{RouterError, TrafficRouter};
+pub use weights::{Arms, Weights};

@@ -76,6 +76,8 @@ impl std::fmt::Display for RouteKind {
 /// One rule of a route: traffic matching it is split across `backends` by weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteRule {
+    /// The rule's name, where the kind has one (Istio http routes).
+    pub name: Option<String>,
     pub backends: Vec<Backend>,
 }
 
@@ -178,7 +180,10 @@ fn http_route_rules(spec: &Value) -> Result<Vec<RouteRule>, RouteError> {
                 weight_path: format!("/spec/rules/{i}/backendRefs/{j}/weight"),
             });
         }
-        rules.push(RouteRule { backends });
+        rules.push(RouteRule {
+            name: None,
+            backends,
+        });
     }
     Ok(rules)
 }
@@ -208,7 +213,10 @@ fn virtual_service_rules(spec: &Value) -> Result<Vec<RouteRule>, RouteError> {
                 weight_path: format!("/spec/http/{i}/route/{j}/weight"),
             });
         }
-        rules.push(RouteRule { backends });
+        rules.push(RouteRule {
+            name: optional_string(http, "name"),
+            backends,
+        });
     }
     Ok(rules)
 }
@@ -225,7 +233,10 @@ fn traffic_split_rules(spec: &Value) -> Result<RouteRule, RouteError> {
             weight_path: format!("/spec/backends/{j}/weight"),
         });
     }
-    Ok(RouteRule { backends })
+    Ok(RouteRule {
+        name: None,
+        backends,
+    })
 }
 
 /// Split a mesh host (`svc`, `svc.ns`, `svc.ns.svc.cluster.local`) into Service and namespace.

@@ -1,0 +1,248 @@
+//! The live analysis of each canary: its templates bound to the arms, the Prometheus sources of
+//! their providers, and the evidence each measurement leaves in the Rollout's status.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kube::{Api, Client};
+
+use crate::analysis::judge::Arm as JudgeArm;
+use crate::analysis::provider::{allows, connect};
+use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
+use crate::analysis::source::PrometheusSource;
+use crate::analysis::verdict::Verdict;
+use crate::api::analysis::{AnalysisTemplate, ClusterAnalysisTemplate, InconclusiveAction};
+use crate::api::endpoints::MetricProvider;
+use crate::api::rollout::{AnalysisSummary, BaselineMode, MetricEvidence, QueryValue, Rollout};
+use crate::backtest::format_time;
+use crate::rollout::machine::{AnalysisView, Arm};
+use crate::rollout::workload::arm_name;
+
+/// One canary's analysis, kept between reconciles.
+pub struct LiveRun {
+    /// The Release being judged; a different canary starts a new run.
+    pub release: String,
+    runs: Vec<(String, AnalysisRun)>,
+    sources: HashMap<String, PrometheusSource>,
+    /// Providers that could not be used, with why; their metrics fail to query.
+    broken: BTreeMap<String, String>,
+    latest: BTreeMap<String, MetricEvidence>,
+    first_fail_at: Option<i64>,
+}
+
+impl LiveRun {
+    /// Loads the Rollout's templates, binds them to the arms, and connects their providers.
+    pub async fn start(
+        client: &Client,
+        controller_namespace: &str,
+        rollout: &Rollout,
+        release: &str,
+    ) -> Result<LiveRun, String> {
+        let namespace = rollout.metadata.namespace.clone().unwrap_or_default();
+        let name = rollout.metadata.name.clone().unwrap_or_default();
+        let Some(analysis) = &rollout.spec.analysis else {
+            return Err("the Rollout has no analysis".into());
+        };
+        let baseline = match rollout.spec.baseline {
+            BaselineMode::Stable => arm_name(&name, Arm::Stable),
+            BaselineMode::Fresh => arm_name(&name, Arm::Baseline),
+        };
+        let target = Target {
+            namespace: namespace.clone(),
+            canary: arm_name(&name, Arm::Canary),
+            baseline,
+            args: analysis
+                .args
+                .iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect(),
+        };
+        let mut runs = Vec::new();
+        let mut providers = Vec::new();
+        for t in &analysis.templates {
+            let spec = if t.cluster_scope {
+                Api::<ClusterAnalysisTemplate>::all(client.clone())
+                    .get(&t.name)
+                    .await
+                    .map(|t| t.spec.template)
+            } else {
+                Api::<AnalysisTemplate>::namespaced(client.clone(), &namespace)
+                    .get(&t.name)
+                    .await
+                    .map(|t| t.spec)
+            }
+            .map_err(|e| format!("template {}: {e}", t.name))?;
+            providers.extend(spec.metrics.iter().map(|m| m.provider.clone()));
+            let run = AnalysisRun::new(&spec, &target)
+                .map_err(|e| format!("template {}: {e}", t.name))?;
+            runs.push((t.name.clone(), run));
+        }
+        let mut sources = HashMap::new();
+        let mut broken = BTreeMap::new();
+        providers.sort();
+        providers.dedup();
+        for p in providers {
+            let result = match Api::<MetricProvider>::all(client.clone()).get(&p).await {
+                Err(e) => Err(format!("MetricProvider {p}: {e}")),
+                Ok(mp) if !allows(&mp.spec, &namespace) => Err(format!(
+                    "MetricProvider {p} does not allow namespace {namespace}"
+                )),
+                Ok(mp) => connect(client, controller_namespace, &mp)
+                    .await
+                    .map_err(|e| format!("MetricProvider {p}: {e}")),
+            };
+            match result {
+                Ok(source) => {
+                    sources.insert(p, source);
+                }
+                Err(e) => {
+                    broken.insert(p, e);
+                }
+            }
+        }
+        Ok(LiveRun {
+            release: release.to_owned(),
+            runs,
+            sources,
+            broken,
+            latest: BTreeMap::new(),
+            first_fail_at: None,
+        })
+    }
+
+    /// Providers that could not be connected, for the Rollout's events.
+    pub fn broken(&self) -> &BTreeMap<String, String> {
+        &self.broken
+    }
+
+    /// Measures every due metric at `now` and returns the run's decision and evidence.
+    pub async fn measure(&mut self, now: i64) -> AnalysisView {
+        let sources = &self.sources;
+        for (_, run) in &mut self.runs {
+            let measurements = run.measure(|p| sources.get(p), now).await;
+            for m in measurements {
+                if m.outcome.verdict == Verdict::Fail && !m.dry_run && self.first_fail_at.is_none()
+                {
+                    self.first_fail_at = Some(m.at);
+                }
+                tracing::debug!(metric = %m.metric, verdict = %m.outcome.verdict, reason = %m.outcome.reason, "measured");
+                self.latest.insert(m.metric.clone(), evidence(&m));
+            }
+        }
+        let decision = combine(self.runs.iter().map(|(_, r)| r.decision()).collect());
+        let reason = match &decision {
+            Decision::Fail { reason, .. } | Decision::Inconclusive { reason, .. } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        };
+        AnalysisView {
+            summary: AnalysisSummary {
+                decision: decision.name().to_owned(),
+                reason,
+                first_fail_at: self.first_fail_at.map(format_time),
+                metrics: self.latest.values().cloned().collect(),
+            },
+            decision,
+            first_fail_at: self.first_fail_at,
+        }
+    }
+}
+
+/// The decisions of several templates as one: a critical Fail, then any Fail, then a rollback
+/// on Inconclusive, then a pause, then Running; Pass only when all pass.
+pub fn combine(decisions: Vec<Decision>) -> Decision {
+    let rank = |d: &Decision| match d {
+        Decision::Fail { critical: true, .. } => 0,
+        Decision::Fail { .. } => 1,
+        Decision::Inconclusive {
+            action: InconclusiveAction::Rollback,
+            ..
+        } => 2,
+        Decision::Inconclusive { .. } => 3,
+        Decision::Running => 4,
+        Decision::Pass => 5,
+    };
+    decisions
+        .into_iter()
+        .min_by_key(rank)
+        .unwrap_or(Decision::Pass)
+}
+
+/// A measurement as the status and the Release keep it.
+pub fn evidence(m: &Measurement) -> MetricEvidence {
+    let o = &m.outcome;
+    let counts = match (&o.canary, &o.baseline) {
+        (Some(c), Some(b)) => Some(format!(
+            "canary {}/{}, baseline {}/{}",
+            c.events, c.requests, b.events, b.requests
+        )),
+        _ => None,
+    };
+    MetricEvidence {
+        metric: m.metric.clone(),
+        verdict: o.verdict.to_string(),
+        reason: o.reason.clone(),
+        at: format_time(m.at),
+        counts,
+        statistic: o
+            .statistic
+            .as_ref()
+            .map(|s| format!("{} = {:.3} against {:.3}", s.name, s.value, s.threshold)),
+        queries: m
+            .queries
+            .iter()
+            .map(|q| QueryValue {
+                name: format!(
+                    "{} {}",
+                    match q.arm {
+                        JudgeArm::Canary => "canary",
+                        JudgeArm::Baseline => "baseline",
+                    },
+                    q.role
+                ),
+                promql: q.promql.clone(),
+                value: q.value,
+                error: q.error.clone(),
+            })
+            .collect(),
+        critical: m.critical,
+        dry_run: m.dry_run,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(critical: bool) -> Decision {
+        Decision::Fail {
+            metric: "m".into(),
+            reason: "r".into(),
+            critical,
+        }
+    }
+
+    #[test]
+    fn the_worst_decision_wins() {
+        assert_eq!(
+            combine(vec![Decision::Pass, Decision::Pass]),
+            Decision::Pass
+        );
+        assert_eq!(
+            combine(vec![Decision::Pass, Decision::Running]),
+            Decision::Running
+        );
+        assert_eq!(
+            combine(vec![fail(false), Decision::Running, fail(true)]),
+            fail(true)
+        );
+        let pause = Decision::Inconclusive {
+            metric: "m".into(),
+            reason: "r".into(),
+            action: InconclusiveAction::Pause,
+        };
+        assert_eq!(combine(vec![Decision::Pass, pause.clone()]), pause);
+        assert_eq!(combine(vec![pause, fail(false)]), fail(false));
+        assert_eq!(combine(Vec::new()), Decision::Pass);
+    }
+}

@@ -1,0 +1,383 @@
+//! Applying a plan's actions to the cluster. Each action is idempotent: applying it again after
+//! a crash changes nothing that was already done.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+
+use super::Context;
+use crate::api::Rollout;
+use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
+use crate::api::rollout::BaselineMode;
+use crate::rollout::machine::{Action, Arm};
+use crate::rollout::workload::{
+    ROLLOUT_LABEL, arm_deployment, arm_name, arm_service, artifact, service_ports,
+};
+use crate::traffic::router::{MeshRouter, ReplicaRouter, TrafficRouter};
+use crate::traffic::{Arms, RouteKind, Weights};
+
+const MANAGER: &str = "rollguard";
+
+pub struct Applier<'a> {
+    ctx: &'a Context,
+    ro: &'a Rollout,
+    ns: String,
+    name: String,
+    /// The plan asked to forget the analysis run.
+    pub reset: bool,
+}
+
+fn owner(ro: &Rollout, controller: bool) -> Value {
+    json!({
+        "apiVersion": "rollguard.dev/v1alpha1",
+        "kind": "Rollout",
+        "name": ro.name_any(),
+        "uid": ro.uid().unwrap_or_default(),
+        "controller": controller,
+        "blockOwnerDeletion": true,
+    })
+}
+
+fn ssa() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(ctx: &'a Context, ro: &'a Rollout) -> Applier<'a> {
+        Applier {
+            ctx,
+            ro,
+            ns: ro.namespace().unwrap_or_default(),
+            name: ro.name_any(),
+            reset: false,
+        }
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    fn releases(&self) -> Api<Release> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    pub async fn apply(&mut self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::EnsureServices => self.ensure_services().await,
+            Action::CreateRelease { name, phase } => self.create_release(name, *phase).await,
+            Action::ApplyArm {
+                arm,
+                release,
+                replicas,
+            } => self.apply_arm(*arm, release, *replicas).await,
+            Action::ScaleArm { arm, replicas } => {
+                self.scale(&arm_name(&self.name, *arm), *replicas, true)
+                    .await
+            }
+            Action::ScaleTarget => {
+                self.scale(&self.ro.spec.target_ref.name.clone(), 0, false)
+                    .await
+            }
+            Action::SetWeights { canary, baseline } => {
+                self.set_weights(Weights {
+                    canary: *canary,
+                    baseline: *baseline,
+                })
+                .await
+            }
+            Action::ReleasePhase {
+                release,
+                phase,
+                verdict,
+            } => self.release_phase(release, *phase, verdict.as_ref()).await,
+            Action::ReleaseHistory { release, entry } => {
+                let api = self.releases();
+                let r = api
+                    .get(release)
+                    .await
+                    .map_err(|e| format!("Release {release}: {e}"))?;
+                let mut history = r.status.unwrap_or_default().history;
+                if !history.contains(entry) {
+                    history.push(entry.clone());
+                }
+                let excess = history.len().saturating_sub(256);
+                history.drain(..excess);
+                api.patch_status(
+                    release,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"history": history}})),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| format!("recording history on Release {release}: {e}"))
+            }
+            Action::ResetAnalysis => {
+                self.reset = true;
+                Ok(())
+            }
+            Action::PruneReleases => self.prune().await,
+        }
+    }
+
+    async fn target(&self) -> Result<Deployment, String> {
+        let t = &self.ro.spec.target_ref.name;
+        self.deployments()
+            .get(t)
+            .await
+            .map_err(|e| format!("target Deployment {t}: {e}"))
+    }
+
+    async fn ensure_services(&self) -> Result<(), String> {
+        let target = self.target().await?;
+        let template = serde_json::to_value(target.spec.map(|s| s.template)).unwrap_or_default();
+        let services: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let user = services
+            .get_opt(&self.ro.spec.target_ref.name)
+            .await
+            .map_err(|e| format!("Service {}: {e}", self.ro.spec.target_ref.name))?
+            .map(|s| serde_json::to_value(s).unwrap_or_default());
+        let ports = service_ports(user.as_ref(), &template);
+        let mut arms = vec![Arm::Stable, Arm::Canary];
+        if self.ro.spec.baseline == BaselineMode::Fresh {
+            arms.push(Arm::Baseline);
+        }
+        for arm in arms {
+            let svc = arm_service(&self.name, &self.ns, &owner(self.ro, true), arm, &ports);
+            let name = arm_name(&self.name, arm);
+            services
+                .patch(&name, &ssa(), &Patch::Apply(svc))
+                .await
+                .map_err(|e| format!("applying Service {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn create_release(&self, name: &str, phase: ReleasePhase) -> Result<(), String> {
+        let target = self.target().await?;
+        let template_meta = target
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.clone())
+            .unwrap_or_default();
+        let template =
+            serde_json::to_value(target.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
+        let a = artifact(&template, self.ro.spec.require_digest)?;
+        let labels = template_meta.labels.unwrap_or_default();
+        let version = ["app.kubernetes.io/version", "version"]
+            .iter()
+            .find_map(|k| labels.get(*k).cloned());
+        let change_cause = target
+            .annotations()
+            .get("kubernetes.io/change-cause")
+            .cloned();
+        let mut release = Release::new(
+            name,
+            ReleaseSpec {
+                rollout: self.name.clone(),
+                images: a
+                    .images
+                    .iter()
+                    .map(|(c, i)| ContainerImage {
+                        container: c.clone(),
+                        image: i.clone(),
+                    })
+                    .collect(),
+                allow_tags: !self.ro.spec.require_digest,
+                pod_template: template,
+                version,
+                change_cause,
+            },
+        );
+        release.metadata.namespace = Some(self.ns.clone());
+        release.metadata.labels = Some([(ROLLOUT_LABEL.to_owned(), self.name.clone())].into());
+        release.metadata.owner_references = Some(vec![
+            serde_json::from_value(owner(self.ro, false)).map_err(|e| e.to_string())?,
+        ]);
+        match self
+            .releases()
+            .create(&PostParams::default(), &release)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(format!("creating Release {name}: {e}")),
+        }
+        self.release_phase(name, phase, None).await
+    }
+
+    async fn release_phase(
+        &self,
+        name: &str,
+        phase: ReleasePhase,
+        verdict: Option<&crate::api::release::ReleaseVerdict>,
+    ) -> Result<(), String> {
+        let api = self.releases();
+        let current = api
+            .get(name)
+            .await
+            .map_err(|e| format!("Release {name}: {e}"))?;
+        let status = current.status.unwrap_or_default();
+        if status.phase == Some(phase) && (verdict.is_none() || status.verdict.as_ref() == verdict)
+        {
+            return Ok(());
+        }
+        let mut body = json!({"status": {"phase": phase}});
+        if let Some(v) = verdict {
+            body["status"]["verdict"] = serde_json::to_value(v).map_err(|e| e.to_string())?;
+        }
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(body))
+            .await
+            .map(drop)
+            .map_err(|e| format!("moving Release {name} to {phase:?}: {e}"))
+    }
+
+    async fn apply_arm(&self, arm: Arm, release: &str, replicas: i32) -> Result<(), String> {
+        let r = self
+            .releases()
+            .get(release)
+            .await
+            .map_err(|e| format!("Release {release}: {e}"))?;
+        let d = arm_deployment(
+            &self.name,
+            &self.ns,
+            &owner(self.ro, true),
+            arm,
+            release,
+            &r.spec.pod_template,
+            replicas,
+        );
+        let name = arm_name(&self.name, arm);
+        self.deployments()
+            .patch(&name, &ssa(), &Patch::Apply(d))
+            .await
+            .map(drop)
+            .map_err(|e| format!("applying Deployment {name}: {e}"))
+    }
+
+    async fn scale(&self, name: &str, replicas: i32, owned: bool) -> Result<(), String> {
+        let api = self.deployments();
+        let Some(d) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("Deployment {name}: {e}"))?
+        else {
+            return if replicas == 0 || !owned {
+                Ok(())
+            } else {
+                Err(format!("Deployment {name} does not exist"))
+            };
+        };
+        if d.spec.as_ref().and_then(|s| s.replicas) == Some(replicas) {
+            return Ok(());
+        }
+        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+        api.patch(name, &PatchParams::default(), &patch)
+            .await
+            .map(drop)
+            .map_err(|e| format!("scaling Deployment {name} to {replicas}: {e}"))
+    }
+
+    fn arms(&self) -> Arms {
+        let fresh = self.ro.spec.baseline == BaselineMode::Fresh;
+        let istio = self
+            .ro
+            .spec
+            .traffic_router
+            .as_ref()
+            .and_then(|r| r.istio.as_ref());
+        Arms {
+            stable: arm_name(&self.name, Arm::Stable),
+            canary: arm_name(&self.name, Arm::Canary),
+            baseline: fresh.then(|| arm_name(&self.name, Arm::Baseline)),
+            subsets: istio
+                .and_then(|i| i.destination_rule.as_ref())
+                .map(|d| (d.stable_subset.clone(), d.canary_subset.clone())),
+            only: istio.map(|i| i.routes.clone()).unwrap_or_default(),
+        }
+    }
+
+    async fn set_weights(&self, desired: Weights) -> Result<(), String> {
+        let client = self.ctx.client.clone();
+        let router = self.ro.spec.traffic_router.as_ref();
+        let route = router.and_then(|r| {
+            r.gateway_api
+                .as_ref()
+                .map(|g| (RouteKind::HttpRoute, g.http_route.clone()))
+                .or_else(|| {
+                    r.istio
+                        .as_ref()
+                        .map(|i| (RouteKind::VirtualService, i.virtual_service.clone()))
+                })
+                .or_else(|| {
+                    r.smi
+                        .as_ref()
+                        .map(|s| (RouteKind::TrafficSplit, s.traffic_split.clone()))
+                })
+        });
+        let result = match route {
+            Some((kind, name)) => {
+                MeshRouter::new(client, &self.ns, kind, &name, self.arms())
+                    .set(desired)
+                    .await
+            }
+            None => {
+                let stable = self
+                    .ro
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1);
+                ReplicaRouter::new(client, &self.ns, &self.arms(), stable)
+                    .set(desired)
+                    .await
+            }
+        };
+        result.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// Keeps the newest `historyLimit` Releases and those the status points at; never deletes
+    /// an Unstable Release whose digest the target still declares.
+    async fn prune(&self) -> Result<(), String> {
+        let api = self.releases();
+        let mut list = api
+            .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", self.name)))
+            .await
+            .map_err(|e| format!("listing Releases: {e}"))?
+            .items;
+        list.sort_by_key(|r| std::cmp::Reverse(r.creation_timestamp().map(|t| t.0)));
+        let status = self.ro.status.clone().unwrap_or_default();
+        let pinned: Vec<String> = [status.stable, status.canary, status.previous_stable]
+            .into_iter()
+            .flatten()
+            .map(|r| r.release)
+            .collect();
+        let declared = self
+            .target()
+            .await
+            .ok()
+            .and_then(|t| serde_json::to_value(t.spec.map(|s| s.template)).ok())
+            .and_then(|t| artifact(&t, false).ok())
+            .map(|a| a.digest);
+        let keep = self.ro.spec.history_limit.max(1) as usize;
+        for (i, r) in list.iter().enumerate() {
+            let name = r.name_any();
+            let view = super::release_view(r);
+            let guarded = view.phase == Some(ReleasePhase::Unstable)
+                && declared.as_deref() == Some(view.digest.as_str());
+            if i < keep || pinned.contains(&name) || guarded {
+                continue;
+            }
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .map(drop)
+                .or_else(|e| match e {
+                    kube::Error::Api(s) if s.code == 404 => Ok(()),
+                    e => Err(format!("pruning Release {name}: {e}")),
+                })?;
+            tracing::info!(release = %name, "pruned beyond historyLimit");
+        }
+        Ok(())
+    }
+}

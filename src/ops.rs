@@ -1,0 +1,291 @@
+//! What humans do to a Rollout from the command line: see its status, and promote, abort,
+//! pause, resume or override. Requests travel in the Rollout's `rollguard.dev/request`
+//! annotation (no status write access needed); the controller acts on each request once and
+//! records it in the Release's history with who and when.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::api::Rollout;
+use crate::api::release::{HistoryEntry, Release, ReleasePhase};
+use crate::api::rollout::RolloutStatus;
+use crate::backtest::format_time;
+use crate::rollout::machine::{Request, RequestAction};
+use crate::rollout::workload::REQUEST_ANNOTATION;
+
+pub async fn client_and_namespace(namespace: Option<String>) -> anyhow::Result<(Client, String)> {
+    let config = kube::Config::infer()
+        .await
+        .context("reading the kubeconfig")?;
+    let ns = namespace.unwrap_or_else(|| config.default_namespace.clone());
+    Ok((Client::try_from(config)?, ns))
+}
+
+/// Who is asking, as the apiserver authenticates them.
+pub async fn whoami(client: &Client) -> String {
+    let review: SelfSubjectReview = match serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}
+    })) {
+        Ok(r) => r,
+        Err(_) => return fallback_user(),
+    };
+    Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status?.user_info?.username)
+        .unwrap_or_else(fallback_user)
+}
+
+fn fallback_user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Sends a manual request to the controller.
+pub async fn request(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    action: RequestAction,
+    reason: Option<String>,
+) -> anyhow::Result<Request> {
+    let api = Api::<Rollout>::namespaced(client.clone(), namespace);
+    api.get(rollout)
+        .await
+        .with_context(|| format!("Rollout {namespace}/{rollout}"))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let request = Request {
+        id: format!("{action}-{nanos:x}"),
+        action,
+        by: whoami(client).await,
+        reason,
+    };
+    let text = serde_json::to_string(&request)?;
+    api.patch(
+        rollout,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {REQUEST_ANNOTATION: text}}})),
+    )
+    .await
+    .with_context(|| format!("sending {action} to Rollout {namespace}/{rollout}"))?;
+    Ok(request)
+}
+
+/// Lifts the Unstable verdict of a Release, with a reason recorded in it.
+pub async fn override_release(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    reason: &str,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !reason.trim().is_empty(),
+        "--reason must say why the verdict no longer holds"
+    );
+    let api = Api::<Release>::namespaced(client.clone(), namespace);
+    let r = api
+        .get(release)
+        .await
+        .with_context(|| format!("Release {namespace}/{release}"))?;
+    let status = r.status.unwrap_or_default();
+    anyhow::ensure!(
+        status.phase == Some(ReleasePhase::Unstable),
+        "Release {release} is {:?}, not Unstable: there is nothing to override",
+        status.phase.unwrap_or_default()
+    );
+    let by = whoami(client).await;
+    let at = format_time(now());
+    let mut history = status.history;
+    history.push(HistoryEntry {
+        action: "override".into(),
+        by: by.clone(),
+        at: at.clone(),
+        reason: Some(reason.into()),
+    });
+    api.patch_status(
+        release,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"override": {"reason": reason, "by": by, "at": at}, "history": history}})),
+    )
+    .await
+    .with_context(|| format!("overriding Release {release}"))?;
+    Ok(by)
+}
+
+/// The Rollout as a human reads it: phase, step, weights, digests, verdicts, rollback, timeline.
+pub fn render_status(ro: &Rollout, releases: &[Release]) -> String {
+    let s: RolloutStatus = ro.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let ns = ro.namespace().unwrap_or_default();
+    let _ = writeln!(out, "Rollout {ns}/{}", ro.name_any());
+    let _ = writeln!(out, "  Phase:    {:?}", s.phase.unwrap_or_default());
+    if let Some(m) = &s.message {
+        let _ = writeln!(out, "  Message:  {m}");
+    }
+    if let Some(i) = s.current_step {
+        let _ = writeln!(
+            out,
+            "  Step:     {} of {}",
+            i.min(ro.spec.steps.len() as i32),
+            ro.spec.steps.len()
+        );
+    }
+    let _ = writeln!(out, "  Weight:   canary {}%", s.canary_weight.unwrap_or(0));
+    let version = |name: &str| {
+        releases
+            .iter()
+            .find(|r| r.name_any() == name)
+            .and_then(|r| r.spec.version.clone())
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default()
+    };
+    for (label, r) in [("Stable", &s.stable), ("Canary", &s.canary)] {
+        if let Some(r) = r {
+            let _ = writeln!(
+                out,
+                "  {label}:   {} {}{}",
+                r.release,
+                r.digest,
+                version(&r.release)
+            );
+        }
+    }
+    for c in s.conditions.iter().filter(|c| {
+        c.status == "True" && c.type_ != "Ready" || c.status == "False" && c.type_ == "Ready"
+    }) {
+        let _ = writeln!(
+            out,
+            "  Condition {}={}: {} {}",
+            c.type_, c.status, c.reason, c.message
+        );
+    }
+    if let Some(a) = &s.analysis {
+        let _ = writeln!(
+            out,
+            "  Analysis: {}{}",
+            a.decision,
+            a.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        for m in &a.metrics {
+            let _ = writeln!(out, "    {:<16} {:<12} {}", m.metric, m.verdict, m.reason);
+            if let Some(c) = &m.counts {
+                let _ = writeln!(out, "    {:<16} {c}", "");
+            }
+        }
+    }
+    if let Some(rb) = &s.rollback {
+        let _ = writeln!(out, "  Rollback of {}: {}", rb.release, rb.reason);
+        for c in &rb.completed {
+            let _ = writeln!(out, "    {}  {} done", c.at, c.step);
+        }
+        let _ = writeln!(
+            out,
+            "    next: {}{}",
+            rb.step,
+            rb.last_error
+                .as_ref()
+                .map(|e| format!(" (failing {}x: {e})", rb.attempts))
+                .unwrap_or_default()
+        );
+    }
+    for e in &s.outbox {
+        let _ = writeln!(
+            out,
+            "  Escalation {:?} {:?} [{:?}] {}",
+            e.action, e.severity, e.state, e.title
+        );
+    }
+    if !s.timeline.is_empty() {
+        let _ = writeln!(out, "  Timeline:");
+        for t in s
+            .timeline
+            .iter()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            let _ = writeln!(out, "    {}  {:<20} {}", t.at, t.reason, t.message);
+        }
+    }
+    let unstable: Vec<&Release> = releases
+        .iter()
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(ReleasePhase::Unstable))
+        .collect();
+    for r in unstable {
+        let why = r
+            .status
+            .as_ref()
+            .and_then(|s| s.verdict.as_ref())
+            .map(|v| v.reason.clone())
+            .unwrap_or_default();
+        let lifted = r
+            .status
+            .as_ref()
+            .and_then(|s| s.r#override.as_ref())
+            .map(|o| format!(" (overridden by {}: {})", o.by, o.reason))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  Unstable: {} {why}{lifted}", r.name_any());
+    }
+    out
+}
+
+/// Prints the status once, or every time it changes with `watch`.
+pub async fn status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    watch: bool,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let api = Api::<Rollout>::namespaced(client.clone(), namespace);
+    let releases = Api::<Release>::namespaced(client.clone(), namespace);
+    let mut last = String::new();
+    loop {
+        let ro = api
+            .get(name)
+            .await
+            .with_context(|| format!("Rollout {namespace}/{name}"))?;
+        let list = releases
+            .list(&kube::api::ListParams::default().labels(&format!(
+                "{}={name}",
+                crate::rollout::workload::ROLLOUT_LABEL
+            )))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let text = if json_out {
+            serde_json::to_string_pretty(&json!({"rollout": ro, "releases": list}))?
+        } else {
+            render_status(&ro, &list)
+        };
+        if text != last {
+            if watch && !last.is_empty() {
+                println!("---");
+            }
+            print!("{text}");
+            last = text;
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

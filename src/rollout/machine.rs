@@ -1,0 +1,2265 @@
+//! The rollout state machine.
+//!
+//! [`decide`] takes the Rollout's spec and status and what was observed (the target's artifact,
+//! the owned Deployments, the Releases, the analysis decision, a manual request, the time) and
+//! returns the actions to apply, in order, and the status to record once they all succeeded.
+//! When an action fails, [`failed`] gives the status to record instead. Every plan is safe to
+//! apply twice: actions are idempotent and a step is recorded before the next one begins.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::workload::{Artifact, Workload, canary_replicas, release_name, short_digest};
+use crate::analysis::run::Decision;
+use crate::api::analysis::InconclusiveAction;
+use crate::api::common::Condition;
+use crate::api::release::{HistoryEntry, ReleasePhase, ReleaseVerdict};
+use crate::api::rollout::{
+    AnalysisSummary, BaselineMode, DeliveryState, MetricEvidence, OutboxAction, OutboxEntry,
+    ReleaseRef, RollbackStatus, RollbackStep, RolloutPhase, RolloutSpec, RolloutStatus, SagaRecord,
+    Severity, TimelineEntry,
+};
+use crate::backtest::format_time;
+
+/// Failed attempts of a saga step before `RollbackIncomplete` is raised.
+pub const INCOMPLETE_AFTER: i32 = 3;
+const TIMELINE_LIMIT: usize = 64;
+
+/// The three Deployments (and Services) rollguard owns for a Rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arm {
+    Stable,
+    Canary,
+    Baseline,
+}
+
+impl std::fmt::Display for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arm::Stable => "stable",
+            Arm::Canary => "canary",
+            Arm::Baseline => "baseline",
+        })
+    }
+}
+
+/// The target Deployment as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetView {
+    /// `spec.replicas`; 0 once rollguard scaled it down.
+    pub replicas: i32,
+    /// The artifact its template declares, or why it is refused.
+    pub artifact: Result<Artifact, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReleaseView {
+    pub name: String,
+    pub digest: String,
+    pub phase: Option<ReleasePhase>,
+    /// A human lifted the Unstable verdict, with a reason.
+    pub overridden: bool,
+    pub verdict: Option<String>,
+}
+
+/// The analysis run of the current canary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnalysisView {
+    pub decision: Decision,
+    pub summary: AnalysisSummary,
+    /// When a metric first measured Fail, unix seconds.
+    pub first_fail_at: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestAction {
+    Promote,
+    Abort,
+    Pause,
+    Resume,
+}
+
+impl std::fmt::Display for RequestAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestAction::Promote => "promote",
+            RequestAction::Abort => "abort",
+            RequestAction::Pause => "pause",
+            RequestAction::Resume => "resume",
+        })
+    }
+}
+
+/// A manual request from the `rollguard.dev/request` annotation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub action: RequestAction,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Everything the machine decides on.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Unix seconds.
+    pub now: i64,
+    pub generation: Option<i64>,
+    /// None: the target Deployment does not exist.
+    pub target: Option<TargetView>,
+    pub stable: Option<Workload>,
+    pub canary: Option<Workload>,
+    pub baseline: Option<Workload>,
+    pub releases: Vec<ReleaseView>,
+    pub analysis: Option<AnalysisView>,
+    pub request: Option<Request>,
+}
+
+/// One thing for the controller to do. Each is idempotent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create (or keep) the arms' Services.
+    EnsureServices,
+    /// Create the Release from the target's current template, and give it `phase`.
+    CreateRelease {
+        name: String,
+        phase: ReleasePhase,
+    },
+    /// Run `release`'s pod template on the arm's Deployment at `replicas`.
+    ApplyArm {
+        arm: Arm,
+        release: String,
+        replicas: i32,
+    },
+    ScaleArm {
+        arm: Arm,
+        replicas: i32,
+    },
+    /// Scale the target Deployment to zero; rollguard's Deployments serve instead.
+    ScaleTarget,
+    /// Write the canary and baseline weights (the stable gets the rest), then read them back and
+    /// verify. Without a mesh: scale the canary and baseline, and verify the pod counts.
+    SetWeights {
+        canary: i32,
+        baseline: i32,
+    },
+    ReleasePhase {
+        release: String,
+        phase: ReleasePhase,
+        verdict: Option<ReleaseVerdict>,
+    },
+    ReleaseHistory {
+        release: String,
+        entry: HistoryEntry,
+    },
+    /// Forget the analysis run; the next canary starts a fresh one.
+    ResetAnalysis,
+    /// Delete Releases beyond the history limit, never an Unstable one a target refers to.
+    PruneReleases,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What to do now and what to record after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub status: RolloutStatus,
+    /// Kubernetes Events to publish once the status is recorded.
+    pub notes: Vec<Note>,
+    /// Reconcile again after this many seconds; 0: at once.
+    pub requeue_secs: u64,
+}
+
+/// The next plan for a Rollout named `name`.
+pub fn decide(name: &str, spec: &RolloutSpec, status: &RolloutStatus, obs: &Observed) -> Plan {
+    let mut p = Planner {
+        name,
+        spec,
+        obs,
+        status: status.clone(),
+        actions: Vec::new(),
+        notes: Vec::new(),
+        requeue: 30,
+    };
+    p.status.observed_generation = obs.generation;
+    p.run();
+    Plan {
+        actions: p.actions,
+        status: p.status,
+        notes: p.notes,
+        requeue_secs: p.requeue,
+    }
+}
+
+/// The status to record when applying `plan` failed with `error`: the planned status is dropped
+/// (nothing of it happened for sure); during a rollback the failure is counted, and after
+/// [`INCOMPLETE_AFTER`] attempts the Rollout says loudly that the rollback is incomplete and a
+/// critical incident goes out.
+pub fn failed(
+    name: &str,
+    spec: &RolloutSpec,
+    status: &RolloutStatus,
+    error: &str,
+    now: i64,
+) -> RolloutStatus {
+    let mut s = status.clone();
+    let Some(rb) = s.rollback.as_mut() else {
+        set_condition(&mut s, "Ready", false, "ActionFailed", error, now);
+        return s;
+    };
+    rb.attempts += 1;
+    rb.last_error = Some(error.to_owned());
+    if rb.attempts < INCOMPLETE_AFTER {
+        return s;
+    }
+    let message = format!(
+        "rollback step {} failed {} times: {error}; traffic is kept on stable where it could be \
+         moved, and the controller keeps retrying",
+        rb.step, rb.attempts
+    );
+    let key = format!("{}:incomplete", dedup_key(name, &rb.release));
+    let title = format!(
+        "{name}: rollback of {} is incomplete",
+        short_digest(&rb.digest)
+    );
+    let incident = incident(
+        rb,
+        key,
+        OutboxAction::Trigger,
+        Severity::Critical,
+        title,
+        None,
+        now,
+    );
+    if enqueue(&mut s, spec, incident, now) {
+        push_timeline(&mut s, now, "RollbackIncomplete", &message);
+    }
+    set_condition(
+        &mut s,
+        "RollbackIncomplete",
+        true,
+        "StepFailing",
+        &message,
+        now,
+    );
+    s
+}
+
+/// The incident's dedup key: the same for a Release across restarts and retries.
+pub fn dedup_key(rollout: &str, release: &str) -> String {
+    format!("rollguard/{rollout}/{release}")
+}
+
+struct Planner<'a> {
+    name: &'a str,
+    spec: &'a RolloutSpec,
+    obs: &'a Observed,
+    status: RolloutStatus,
+    actions: Vec<Action>,
+    notes: Vec<Note>,
+    requeue: u64,
+}
+
+fn secs(d: &crate::api::common::Duration, default: u64) -> i64 {
+    d.parse().map_or(default, |d| d.as_secs()) as i64
+}
+
+fn parse_at(text: Option<&str>) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(text?).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}
+
+impl Planner<'_> {
+    fn now(&self) -> i64 {
+        self.obs.now
+    }
+
+    fn severity(&self) -> Severity {
+        self.spec
+            .escalation
+            .as_ref()
+            .map(|e| e.severity)
+            .unwrap_or_default()
+    }
+
+    fn mesh(&self) -> bool {
+        self.spec.traffic_router.is_some()
+    }
+
+    fn fresh(&self) -> bool {
+        self.spec.baseline == BaselineMode::Fresh
+    }
+
+    /// The stable size: what the target declares, or what it declared before it was scaled down.
+    fn stable_replicas(&self) -> i32 {
+        match &self.obs.target {
+            Some(t) if t.replicas > 0 => t.replicas,
+            _ => self.status.replicas.unwrap_or(1).max(1),
+        }
+    }
+
+    fn release(&self, name: &str) -> Option<&ReleaseView> {
+        self.obs.releases.iter().find(|r| r.name == name)
+    }
+
+    fn phase(&self) -> RolloutPhase {
+        self.status.phase.unwrap_or_default()
+    }
+
+    fn set_phase(&mut self, phase: RolloutPhase, message: impl Into<String>) {
+        self.status.phase = Some(phase);
+        self.status.message = Some(message.into());
+    }
+
+    fn timeline(&mut self, reason: &str, message: &str) {
+        push_timeline(&mut self.status, self.obs.now, reason, message);
+    }
+
+    fn note(&mut self, warning: bool, reason: &str, message: String) {
+        self.timeline(reason, &message);
+        self.notes.push(Note {
+            warning,
+            reason: reason.into(),
+            message,
+        });
+    }
+
+    fn act(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    fn run(&mut self) {
+        let s = self.stable_replicas();
+        self.status.replicas = Some(s);
+        if let (Some(t), Some(stable)) = (&self.obs.target, &self.obs.stable)
+            && t.replicas > 0
+            && stable.ready >= s
+        {
+            self.act(Action::ScaleTarget);
+        }
+        if let Some(req) = self.obs.request.clone()
+            && self.status.acknowledged_request.as_deref() != Some(req.id.as_str())
+        {
+            self.status.acknowledged_request = Some(req.id.clone());
+            self.request(&req);
+        }
+        match self.phase() {
+            RolloutPhase::Initializing => self.initialize(),
+            RolloutPhase::Stable | RolloutPhase::Blocked | RolloutPhase::RolledBack => self.idle(),
+            RolloutPhase::Progressing | RolloutPhase::Paused => self.progress(),
+            RolloutPhase::Promoting => self.promote(),
+            RolloutPhase::RollingBack => self.roll_back(),
+        }
+    }
+
+    /// The target's artifact, or None with the reason recorded as a condition.
+    fn target_artifact(&mut self) -> Option<Artifact> {
+        let now = self.now();
+        match &self.obs.target {
+            None => {
+                let message = format!(
+                    "target Deployment {:?} not found in the Rollout's namespace",
+                    self.spec.target_ref.name
+                );
+                set_condition(
+                    &mut self.status,
+                    "Ready",
+                    false,
+                    "TargetMissing",
+                    &message,
+                    now,
+                );
+                self.status.message = Some(message);
+                None
+            }
+            Some(TargetView {
+                artifact: Err(e), ..
+            }) => {
+                let message = e.clone();
+                set_condition(
+                    &mut self.status,
+                    "Ready",
+                    false,
+                    "DigestRequired",
+                    &message,
+                    now,
+                );
+                self.status.message = Some(message);
+                None
+            }
+            Some(TargetView {
+                artifact: Ok(a), ..
+            }) => {
+                let a = a.clone();
+                set_condition(
+                    &mut self.status,
+                    "Ready",
+                    true,
+                    "TargetValid",
+                    "the target declares a valid artifact",
+                    now,
+                );
+                Some(a)
+            }
+        }
+    }
+
+    fn release_ref(&self, digest: &str) -> ReleaseRef {
+        ReleaseRef {
+            release: release_name(self.name, digest),
+            digest: digest.to_owned(),
+            short_digest: short_digest(digest),
+        }
+    }
+
+    fn request(&mut self, req: &Request) {
+        let phase = self.phase();
+        let by = &req.by;
+        let release = self
+            .status
+            .canary
+            .as_ref()
+            .or(self.status.stable.as_ref())
+            .map(|r| r.release.clone());
+        let in_window = self.in_verify_window();
+        let acted = match (req.action, phase) {
+            (RequestAction::Pause, RolloutPhase::Progressing | RolloutPhase::Paused) => {
+                self.status.paused_by = Some(by.clone());
+                self.set_phase(RolloutPhase::Paused, format!("paused by {by}"));
+                true
+            }
+            (RequestAction::Resume, RolloutPhase::Paused | RolloutPhase::Progressing) => {
+                self.status.paused_by = None;
+                self.status.message = Some(format!("resumed by {by}"));
+                self.status.phase = Some(RolloutPhase::Progressing);
+                if let Some(step) = self.current_step()
+                    && step.pause.as_ref().is_some_and(|p| p.duration.is_none())
+                {
+                    self.advance();
+                }
+                true
+            }
+            (RequestAction::Promote, RolloutPhase::Progressing | RolloutPhase::Paused) => {
+                self.status.paused_by = None;
+                self.set_phase(
+                    RolloutPhase::Promoting,
+                    format!("promoted by {by}, skipping the remaining steps"),
+                );
+                true
+            }
+            (
+                RequestAction::Abort,
+                RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Promoting,
+            ) => {
+                self.begin_rollback(abort_reason(req), None, None, Vec::new());
+                true
+            }
+            (RequestAction::Abort, RolloutPhase::Stable) if in_window => {
+                self.begin_post_promotion_rollback(abort_reason(req), None, None, Vec::new());
+                true
+            }
+            _ => false,
+        };
+        if acted {
+            self.note(
+                false,
+                "Request",
+                format!(
+                    "{} by {by} in phase {phase:?}{}",
+                    req.action,
+                    reason_suffix(req)
+                ),
+            );
+            if let Some(release) = release {
+                self.act(Action::ReleaseHistory {
+                    release,
+                    entry: HistoryEntry {
+                        action: req.action.to_string(),
+                        by: by.clone(),
+                        at: format_time(self.now()),
+                        reason: req.reason.clone(),
+                    },
+                });
+            }
+        } else {
+            self.note(
+                true,
+                "RequestIgnored",
+                format!("{} by {by} does not apply in phase {phase:?}", req.action),
+            );
+        }
+    }
+
+    fn in_verify_window(&self) -> bool {
+        parse_at(self.status.verify_until.as_deref()).is_some_and(|until| self.now() < until)
+            && self.status.previous_stable.is_some()
+    }
+
+    fn initialize(&mut self) {
+        self.requeue = 30;
+        let Some(artifact) = self.target_artifact() else {
+            return;
+        };
+        let r = self.release_ref(&artifact.digest);
+        if self.release(&r.release).is_none() {
+            self.act(Action::CreateRelease {
+                name: r.release.clone(),
+                phase: ReleasePhase::Candidate,
+            });
+        }
+        self.act(Action::EnsureServices);
+        let s = self.stable_replicas();
+        self.act(Action::ApplyArm {
+            arm: Arm::Stable,
+            release: r.release.clone(),
+            replicas: s,
+        });
+        self.requeue = 1;
+        let ready = self
+            .obs
+            .stable
+            .as_ref()
+            .is_some_and(|w| w.rolled_out && w.digest.as_deref() == Some(&artifact.digest));
+        if !ready {
+            self.status.message = Some(format!("starting {} on {}", r.release, r.short_digest));
+            return;
+        }
+        self.act(Action::SetWeights {
+            canary: 0,
+            baseline: 0,
+        });
+        self.move_release(
+            &r.release,
+            &[ReleasePhase::Progressing, ReleasePhase::Stable],
+        );
+        self.status.canary_weight = Some(0);
+        self.note(
+            false,
+            "Initialized",
+            format!(
+                "{} ({}) is stable with {s} replicas",
+                r.release, r.short_digest
+            ),
+        );
+        self.status.stable = Some(r);
+        self.set_phase(RolloutPhase::Stable, "stable");
+        self.requeue = 0;
+    }
+
+    /// Stable, Blocked or RolledBack: keep the stable serving, and start a canary when the
+    /// target declares a new digest that is not Unstable.
+    fn idle(&mut self) {
+        self.requeue = 30;
+        let Some(stable) = self.status.stable.clone() else {
+            self.set_phase(RolloutPhase::Initializing, "no stable Release recorded");
+            self.requeue = 0;
+            return;
+        };
+        let s = self.stable_replicas();
+        let serving = self
+            .obs
+            .stable
+            .as_ref()
+            .is_some_and(|w| w.replicas == s && w.release.as_deref() == Some(&stable.release));
+        if !serving {
+            self.act(Action::ApplyArm {
+                arm: Arm::Stable,
+                release: stable.release.clone(),
+                replicas: s,
+            });
+        }
+        if let Some(until) = parse_at(self.status.verify_until.as_deref()) {
+            if self.now() >= until {
+                self.status.verify_until = None;
+                self.note(
+                    false,
+                    "VerificationPassed",
+                    format!("{} held through the post-promotion window", stable.release),
+                );
+            } else {
+                self.requeue = (until - self.now()).clamp(1, 30) as u64;
+            }
+        }
+        let Some(artifact) = self.target_artifact() else {
+            return;
+        };
+        if artifact.digest == stable.digest {
+            if self.phase() != RolloutPhase::Stable {
+                self.set_phase(
+                    RolloutPhase::Stable,
+                    "the target declares the stable digest",
+                );
+                self.timeline("Stable", "the target declares the stable digest again");
+            }
+            return;
+        }
+        let name = release_name(self.name, &artifact.digest);
+        if let Some(r) = self.release(&name)
+            && r.phase == Some(ReleasePhase::Unstable)
+            && !r.overridden
+        {
+            let why = r
+                .verdict
+                .clone()
+                .unwrap_or_else(|| "judged worse than stable".into());
+            let message = format!(
+                "the target declares {} (Release {name}), which is Unstable: {why}. No canary \
+                 starts; lift it with `rollguard override {name} --reason …` or deploy another digest",
+                short_digest(&artifact.digest)
+            );
+            let rolled_back_this = self
+                .status
+                .rollback
+                .as_ref()
+                .is_some_and(|rb| rb.release == name);
+            let phase = if self.phase() == RolloutPhase::RolledBack && rolled_back_this {
+                RolloutPhase::RolledBack
+            } else {
+                RolloutPhase::Blocked
+            };
+            if self.phase() != phase {
+                self.note(true, "Blocked", message.clone());
+            }
+            self.set_phase(phase, message);
+            return;
+        }
+        self.start_canary(&artifact);
+    }
+
+    fn start_canary(&mut self, artifact: &Artifact) {
+        let r = self.release_ref(&artifact.digest);
+        self.move_release(&r.release, &[ReleasePhase::Progressing]);
+        let first = self
+            .spec
+            .steps
+            .iter()
+            .find_map(|s| s.set_weight)
+            .unwrap_or(0);
+        let replicas = canary_replicas(self.stable_replicas(), first.max(1), self.mesh());
+        self.act(Action::ResetAnalysis);
+        self.act(Action::EnsureServices);
+        self.act(Action::ApplyArm {
+            arm: Arm::Canary,
+            release: r.release.clone(),
+            replicas,
+        });
+        if self.fresh()
+            && let Some(stable) = &self.status.stable
+        {
+            let release = stable.release.clone();
+            self.act(Action::ApplyArm {
+                arm: Arm::Baseline,
+                release,
+                replicas,
+            });
+        }
+        let now = format_time(self.now());
+        self.status.current_step = Some(0);
+        self.status.canary_weight = Some(0);
+        self.status.canary_started_at = Some(now);
+        self.status.step_started_at = None;
+        self.status.analysis = None;
+        self.status.paused_by = None;
+        self.status.verify_until = None;
+        self.status.previous_stable = None;
+        let from = self
+            .status
+            .stable
+            .as_ref()
+            .map(|s| s.short_digest.clone())
+            .unwrap_or_default();
+        self.note(
+            false,
+            "CanaryStarted",
+            format!(
+                "canary {} ({}) started next to stable {from}",
+                r.release, r.short_digest
+            ),
+        );
+        self.status.canary = Some(r);
+        self.set_phase(RolloutPhase::Progressing, "canary starting");
+        self.requeue = 0;
+    }
+
+    /// Moves a Release through legal transitions to the last of `path`, creating it when it
+    /// does not exist yet. An overridden Unstable Release goes back to Candidate first.
+    fn move_release(&mut self, name: &str, path: &[ReleasePhase]) {
+        let Some(last) = path.last().copied() else {
+            return;
+        };
+        let Some(existing) = self.release(name).cloned() else {
+            self.act(Action::CreateRelease {
+                name: name.to_owned(),
+                phase: last,
+            });
+            return;
+        };
+        let mut phase = existing.phase.unwrap_or(ReleasePhase::Candidate);
+        if phase == last {
+            return;
+        }
+        if phase == ReleasePhase::Unstable {
+            self.act(Action::ReleasePhase {
+                release: name.to_owned(),
+                phase: ReleasePhase::Candidate,
+                verdict: None,
+            });
+            phase = ReleasePhase::Candidate;
+        }
+        let start = path.iter().position(|p| *p == phase).map_or(0, |i| i + 1);
+        for next in &path[start..] {
+            self.act(Action::ReleasePhase {
+                release: name.to_owned(),
+                phase: *next,
+                verdict: None,
+            });
+        }
+    }
+
+    fn current_step(&self) -> Option<&crate::api::rollout::Step> {
+        self.status
+            .current_step
+            .and_then(|i| self.spec.steps.get(i.max(0) as usize))
+    }
+
+    fn advance(&mut self) {
+        let i = self.status.current_step.unwrap_or(0) + 1;
+        self.status.current_step = Some(i);
+        self.status.step_started_at = None;
+        if i as usize >= self.spec.steps.len() {
+            self.set_phase(RolloutPhase::Promoting, "every step passed; promoting");
+            self.timeline("StepsPassed", "every step passed; promoting");
+        } else {
+            self.timeline(
+                "StepAdvanced",
+                &format!("step {i} of {}", self.spec.steps.len()),
+            );
+        }
+        self.requeue = 0;
+    }
+
+    fn progress(&mut self) {
+        self.requeue = 1;
+        let Some(canary) = self.status.canary.clone() else {
+            self.set_phase(RolloutPhase::Stable, "no canary recorded");
+            self.requeue = 0;
+            return;
+        };
+        if let Some(a) = &self.obs.analysis {
+            self.status.analysis = Some(a.summary.clone());
+        }
+        // The target moved away from this canary: withdraw it without a verdict.
+        if let Some(Ok(a)) = self.obs.target.as_ref().map(|t| &t.artifact)
+            && a.digest != canary.digest
+        {
+            let message = format!(
+                "the target now declares {}; canary {} is withdrawn",
+                short_digest(&a.digest),
+                canary.release
+            );
+            self.withdraw(&canary, &message);
+            return;
+        }
+        let now = self.now();
+        let analysis = self.obs.analysis.clone();
+        if let Some(a) = &analysis {
+            match &a.decision {
+                Decision::Fail {
+                    metric,
+                    reason,
+                    critical: true,
+                } => {
+                    let (m, r) = (metric.clone(), reason.clone());
+                    self.begin_rollback(
+                        format!("critical metric {m} failed: {r}"),
+                        Some(m),
+                        a.first_fail_at,
+                        failing(&a.summary),
+                    );
+                    return;
+                }
+                Decision::Inconclusive {
+                    metric,
+                    reason,
+                    action: InconclusiveAction::Rollback,
+                } => {
+                    let (m, r) = (metric.clone(), reason.clone());
+                    self.begin_rollback(
+                        format!("metric {m} could not be measured: {r}"),
+                        Some(m),
+                        None,
+                        a.summary.metrics.clone(),
+                    );
+                    return;
+                }
+                _ => {}
+            }
+        }
+        // The canary must become ready within the progress deadline.
+        let deadline = secs(&self.spec.progress_deadline, 600);
+        let started = parse_at(self.status.canary_started_at.as_deref()).unwrap_or(now);
+        let want = self.arm_replicas();
+        let ready = |w: &Option<Workload>| {
+            w.as_ref()
+                .is_some_and(|w| w.ready >= want && w.replicas >= want)
+        };
+        let canary_ready = ready(&self.obs.canary) && (!self.fresh() || ready(&self.obs.baseline));
+        if !canary_ready && self.status.step_started_at.is_none() {
+            if now - started > deadline {
+                self.begin_rollback(
+                    format!(
+                        "the canary did not become ready within the progress deadline ({})",
+                        self.spec.progress_deadline.0
+                    ),
+                    None,
+                    None,
+                    Vec::new(),
+                );
+            } else {
+                self.scale_arms(want);
+                self.status.message = Some(format!("waiting for {want} ready canary pods"));
+            }
+            return;
+        }
+        // Paused by the analysis (Inconclusive with Pause), by a human, or by a pause step.
+        let inconclusive = analysis.as_ref().and_then(|a| match &a.decision {
+            Decision::Inconclusive { metric, reason, .. } => Some(format!(
+                "analysis paused: {metric} could not be measured: {reason}"
+            )),
+            _ => None,
+        });
+        if let Some(message) = inconclusive {
+            if self.phase() != RolloutPhase::Paused {
+                self.note(true, "AnalysisInconclusive", message.clone());
+            }
+            self.set_phase(RolloutPhase::Paused, message);
+            return;
+        }
+        if let Some(by) = self.status.paused_by.clone() {
+            self.set_phase(
+                RolloutPhase::Paused,
+                format!("paused by {by}; `rollguard resume` continues"),
+            );
+            return;
+        }
+        if self.phase() == RolloutPhase::Paused
+            && self.current_step().is_none_or(|s| s.pause.is_none())
+        {
+            self.timeline("Resumed", "the analysis measures again");
+        }
+        self.status.phase = Some(RolloutPhase::Progressing);
+        let Some(step) = self.current_step().cloned() else {
+            self.set_phase(RolloutPhase::Promoting, "every step passed; promoting");
+            self.requeue = 0;
+            return;
+        };
+        let i = self.status.current_step.unwrap_or(0);
+        let step_started = parse_at(self.status.step_started_at.as_deref());
+        if let Some(w) = step.set_weight {
+            if step_started.is_none() || self.status.canary_weight != Some(w) {
+                let want = canary_replicas(self.stable_replicas(), w, self.mesh());
+                if self.mesh() {
+                    let short = |x: &Option<Workload>| x.as_ref().is_none_or(|x| x.ready < want);
+                    if short(&self.obs.canary) || (self.fresh() && short(&self.obs.baseline)) {
+                        self.scale_arms(want);
+                        self.status.message = Some(format!(
+                            "step {i}: waiting for {want} ready canary pods before weight {w}%"
+                        ));
+                        return;
+                    }
+                }
+                self.act(Action::SetWeights {
+                    canary: w,
+                    baseline: if self.fresh() { w } else { 0 },
+                });
+                self.status.canary_weight = Some(w);
+                self.status.step_started_at = Some(format_time(now));
+                self.status.message = Some(format!("step {i}: canary at {w}%"));
+                self.note(
+                    false,
+                    "WeightSet",
+                    format!("step {i}: canary weight {w}% written and verified"),
+                );
+                return;
+            }
+            let elapsed = now - step_started.unwrap_or(now);
+            let min = step.duration.as_ref().map_or(0, |d| secs(d, 0));
+            if elapsed < min {
+                self.status.message =
+                    Some(format!("step {i}: canary at {w}%, {}s of {min}s", elapsed));
+                return;
+            }
+            match analysis.as_ref().map(|a| &a.decision) {
+                None | Some(Decision::Pass) => self.advance(),
+                Some(Decision::Fail { metric, reason, .. }) => {
+                    let (m, r) = (metric.clone(), reason.clone());
+                    let a = analysis
+                        .as_ref()
+                        .map(|a| (a.first_fail_at, failing(&a.summary)));
+                    let (at, ev) = a.unwrap_or_default();
+                    self.begin_rollback(
+                        format!("metric {m} failed at the end of step {i}: {r}"),
+                        Some(m),
+                        at,
+                        ev,
+                    );
+                }
+                Some(_) => {
+                    self.status.message = Some(format!(
+                        "step {i}: canary at {w}%, waiting for enough evidence to pass"
+                    ));
+                }
+            }
+        } else if let Some(pause) = &step.pause {
+            match pause.duration.as_ref().map(|d| secs(d, 0)) {
+                Some(d) => {
+                    let Some(started) = step_started else {
+                        self.status.step_started_at = Some(format_time(now));
+                        return;
+                    };
+                    if now - started >= d {
+                        self.advance();
+                    } else {
+                        self.status.message =
+                            Some(format!("step {i}: pause, {}s of {d}s", now - started));
+                    }
+                }
+                None => {
+                    if self.phase() != RolloutPhase::Paused {
+                        self.note(
+                            false,
+                            "Paused",
+                            format!("step {i}: paused until `rollguard resume`"),
+                        );
+                    }
+                    self.set_phase(
+                        RolloutPhase::Paused,
+                        format!("step {i}: paused until `rollguard resume`"),
+                    );
+                    self.requeue = 5;
+                }
+            }
+        }
+    }
+
+    /// Canary (and fresh baseline) replicas for the current weight.
+    fn arm_replicas(&self) -> i32 {
+        let w = self
+            .status
+            .canary_weight
+            .filter(|w| *w > 0)
+            .or_else(|| self.spec.steps.iter().find_map(|s| s.set_weight));
+        canary_replicas(self.stable_replicas(), w.unwrap_or(1).max(1), self.mesh())
+    }
+
+    fn scale_arms(&mut self, replicas: i32) {
+        if self
+            .obs
+            .canary
+            .as_ref()
+            .is_none_or(|w| w.replicas != replicas)
+        {
+            self.act(Action::ScaleArm {
+                arm: Arm::Canary,
+                replicas,
+            });
+        }
+        if self.fresh()
+            && self
+                .obs
+                .baseline
+                .as_ref()
+                .is_none_or(|w| w.replicas != replicas)
+        {
+            self.act(Action::ScaleArm {
+                arm: Arm::Baseline,
+                replicas,
+            });
+        }
+    }
+
+    /// All traffic to stable, verified; canary and baseline scaled to 0.
+    fn drain_canary(&mut self) {
+        self.act(Action::SetWeights {
+            canary: 0,
+            baseline: 0,
+        });
+        self.act(Action::ScaleArm {
+            arm: Arm::Canary,
+            replicas: 0,
+        });
+        if self.fresh() {
+            self.act(Action::ScaleArm {
+                arm: Arm::Baseline,
+                replicas: 0,
+            });
+        }
+    }
+
+    /// Take a canary away without judging it: weights to 0, arms to 0, Release Superseded.
+    fn withdraw(&mut self, canary: &ReleaseRef, message: &str) {
+        self.drain_canary();
+        self.act(Action::ReleasePhase {
+            release: canary.release.clone(),
+            phase: ReleasePhase::Superseded,
+            verdict: None,
+        });
+        self.act(Action::ResetAnalysis);
+        self.status.canary = None;
+        self.status.canary_weight = Some(0);
+        self.status.current_step = None;
+        self.status.step_started_at = None;
+        self.note(false, "CanaryWithdrawn", message.to_owned());
+        self.set_phase(RolloutPhase::Stable, message);
+        self.requeue = 0;
+    }
+
+    fn promote(&mut self) {
+        self.requeue = 1;
+        let (Some(canary), Some(stable)) = (self.status.canary.clone(), self.status.stable.clone())
+        else {
+            self.set_phase(RolloutPhase::Stable, "nothing to promote");
+            return;
+        };
+        if let Some(a) = self.obs.analysis.clone()
+            && let Decision::Fail {
+                metric,
+                reason,
+                critical: true,
+            } = &a.decision
+        {
+            self.begin_rollback(
+                format!("critical metric {metric} failed while promoting: {reason}"),
+                Some(metric.clone()),
+                a.first_fail_at,
+                failing(&a.summary),
+            );
+            return;
+        }
+        let s = self.stable_replicas();
+        let done = self.obs.stable.as_ref().is_some_and(|w| {
+            w.rolled_out && w.replicas == s && w.release.as_deref() == Some(&canary.release)
+        });
+        if !done {
+            self.act(Action::ApplyArm {
+                arm: Arm::Stable,
+                release: canary.release.clone(),
+                replicas: s,
+            });
+            self.status.message = Some(format!(
+                "promoting: rolling {} onto the stable Deployment",
+                canary.short_digest
+            ));
+            return;
+        }
+        self.drain_canary();
+        self.act(Action::ReleasePhase {
+            release: canary.release.clone(),
+            phase: ReleasePhase::Stable,
+            verdict: None,
+        });
+        if stable.release != canary.release {
+            self.act(Action::ReleasePhase {
+                release: stable.release.clone(),
+                phase: ReleasePhase::Superseded,
+                verdict: None,
+            });
+        }
+        self.act(Action::ResetAnalysis);
+        self.act(Action::PruneReleases);
+        self.status.previous_stable = Some(stable.clone());
+        self.status.stable = Some(canary.clone());
+        self.status.canary = None;
+        self.status.canary_weight = Some(0);
+        self.status.current_step = None;
+        self.status.step_started_at = None;
+        self.status.verify_until = self
+            .spec
+            .post_promotion_window
+            .as_ref()
+            .map(|w| format_time(self.obs.now + secs(w, 0)));
+        self.note(
+            false,
+            "Promoted",
+            format!(
+                "{} ({}) promoted; it replaces {}",
+                canary.release, canary.short_digest, stable.short_digest
+            ),
+        );
+        self.set_phase(
+            RolloutPhase::Stable,
+            format!("{} is stable", canary.release),
+        );
+        self.requeue = 0;
+    }
+
+    fn begin_rollback(
+        &mut self,
+        reason: String,
+        metric: Option<String>,
+        breach: Option<i64>,
+        evidence: Vec<MetricEvidence>,
+    ) {
+        let Some(canary) = self.status.canary.clone() else {
+            return;
+        };
+        self.start_saga(canary, reason, metric, breach, evidence);
+    }
+
+    /// Roll back the Release promoted last, within its post-promotion window: the saga restores
+    /// the previous stable digest on the stable Deployment.
+    fn begin_post_promotion_rollback(
+        &mut self,
+        reason: String,
+        metric: Option<String>,
+        breach: Option<i64>,
+        evidence: Vec<MetricEvidence>,
+    ) {
+        let (Some(bad), Some(previous)) = (
+            self.status.stable.clone(),
+            self.status.previous_stable.clone(),
+        ) else {
+            return;
+        };
+        self.status.stable = Some(previous);
+        self.status.previous_stable = None;
+        self.status.verify_until = None;
+        self.start_saga(bad, reason, metric, breach, evidence);
+    }
+
+    fn start_saga(
+        &mut self,
+        bad: ReleaseRef,
+        reason: String,
+        metric: Option<String>,
+        breach: Option<i64>,
+        evidence: Vec<MetricEvidence>,
+    ) {
+        let now = self.now();
+        self.status.rollback = Some(RollbackStatus {
+            release: bad.release.clone(),
+            digest: bad.digest.clone(),
+            reason: reason.clone(),
+            metric,
+            step: RollbackStep::ZeroWeights,
+            completed: Vec::new(),
+            started_at: format_time(now),
+            breach_at: breach.map(format_time),
+            weight_zero_at: None,
+            recovered_at: None,
+            attempts: 0,
+            last_error: None,
+            evidence,
+        });
+        self.status.paused_by = None;
+        self.note(
+            true,
+            "RollbackStarted",
+            format!(
+                "rolling back {} ({}): {reason}",
+                bad.release, bad.short_digest
+            ),
+        );
+        self.set_phase(RolloutPhase::RollingBack, format!("rolling back: {reason}"));
+        // Recorded first; the saga's first step runs on the next pass, at once.
+        self.actions
+            .retain(|a| matches!(a, Action::ReleaseHistory { .. } | Action::ScaleTarget));
+        self.requeue = 0;
+    }
+
+    fn roll_back(&mut self) {
+        self.requeue = 1;
+        let Some(mut rb) = self.status.rollback.clone() else {
+            self.set_phase(RolloutPhase::Stable, "no rollback recorded");
+            return;
+        };
+        let Some(stable) = self.status.stable.clone() else {
+            self.set_phase(
+                RolloutPhase::Initializing,
+                "no stable Release to roll back to",
+            );
+            return;
+        };
+        let now = self.now();
+        let s = self.stable_replicas();
+        let stable_ok = |w: &Workload| w.ready >= s;
+        let step = rb.step;
+        let done = match step {
+            RollbackStep::ZeroWeights => {
+                if self.obs.stable.as_ref().is_none_or(|w| w.replicas < s) {
+                    self.act(Action::ScaleArm {
+                        arm: Arm::Stable,
+                        replicas: s,
+                    });
+                }
+                self.act(Action::SetWeights {
+                    canary: 0,
+                    baseline: 0,
+                });
+                self.status.canary_weight = Some(0);
+                rb.weight_zero_at = Some(format_time(now));
+                true
+            }
+            RollbackStep::EnsureStableCapacity => {
+                if self.obs.stable.as_ref().is_none_or(|w| w.replicas < s) {
+                    self.act(Action::ScaleArm {
+                        arm: Arm::Stable,
+                        replicas: s,
+                    });
+                }
+                self.obs.stable.as_ref().is_some_and(stable_ok)
+            }
+            RollbackStep::RestoreStable => {
+                let restored = self
+                    .obs
+                    .stable
+                    .as_ref()
+                    .is_some_and(|w| w.release.as_deref() == Some(&stable.release));
+                if !restored {
+                    self.act(Action::ApplyArm {
+                        arm: Arm::Stable,
+                        release: stable.release.clone(),
+                        replicas: s,
+                    });
+                    if self
+                        .release(&stable.release)
+                        .is_some_and(|r| r.phase == Some(ReleasePhase::Superseded))
+                    {
+                        self.act(Action::ReleasePhase {
+                            release: stable.release.clone(),
+                            phase: ReleasePhase::Stable,
+                            verdict: None,
+                        });
+                    }
+                }
+                self.act(Action::ScaleArm {
+                    arm: Arm::Canary,
+                    replicas: 0,
+                });
+                if self.fresh() {
+                    self.act(Action::ScaleArm {
+                        arm: Arm::Baseline,
+                        replicas: 0,
+                    });
+                }
+                true
+            }
+            RollbackStep::MarkUnstable => {
+                self.act(Action::ReleasePhase {
+                    release: rb.release.clone(),
+                    phase: ReleasePhase::Unstable,
+                    verdict: Some(ReleaseVerdict {
+                        reason: rb.reason.clone(),
+                        metric: rb.metric.clone(),
+                        at: rb
+                            .breach_at
+                            .clone()
+                            .unwrap_or_else(|| rb.started_at.clone()),
+                        evidence: rb.evidence.clone(),
+                    }),
+                });
+                true
+            }
+            RollbackStep::Escalate => {
+                let title = format!(
+                    "{}: {} rolled back: {}",
+                    self.name,
+                    short_digest(&rb.digest),
+                    rb.reason
+                );
+                let entry = incident(
+                    &rb,
+                    dedup_key(self.name, &rb.release),
+                    OutboxAction::Trigger,
+                    self.severity(),
+                    title,
+                    Some(stable.digest.clone()),
+                    now,
+                );
+                enqueue(&mut self.status, self.spec, entry, now);
+                true
+            }
+            RollbackStep::VerifyRecovery => {
+                let since = rb
+                    .completed
+                    .last()
+                    .and_then(|c| parse_at(Some(&c.at)))
+                    .unwrap_or(now);
+                let window = secs(&self.spec.recovery_window, 30);
+                let serving = self.obs.stable.as_ref().is_some_and(|w| {
+                    w.rolled_out && stable_ok(w) && w.release.as_deref() == Some(&stable.release)
+                });
+                let drained = self.obs.canary.as_ref().is_none_or(|w| w.pods == 0)
+                    && self
+                        .obs
+                        .baseline
+                        .as_ref()
+                        .is_none_or(|w| w.pods == 0 || !self.fresh());
+                if serving && drained && now - since >= window {
+                    rb.recovered_at = Some(format_time(now));
+                    if self.spec.escalation.is_some() {
+                        let title = format!(
+                            "{}: recovered on {} after rolling back {}",
+                            self.name,
+                            stable.short_digest,
+                            short_digest(&rb.digest)
+                        );
+                        let entry = incident(
+                            &rb,
+                            dedup_key(self.name, &rb.release),
+                            OutboxAction::Resolve,
+                            self.severity(),
+                            title,
+                            Some(stable.digest.clone()),
+                            now,
+                        );
+                        enqueue(&mut self.status, self.spec, entry, now);
+                    }
+                    true
+                } else {
+                    self.status.message = Some(format!(
+                        "rolled back; verifying recovery on {} ({}s of {window}s)",
+                        stable.short_digest,
+                        (now - since).max(0)
+                    ));
+                    false
+                }
+            }
+            RollbackStep::Done => false,
+        };
+        if done {
+            rb.completed.push(SagaRecord {
+                step,
+                at: format_time(now),
+            });
+            rb.step = step.next();
+            rb.attempts = 0;
+            rb.last_error = None;
+            if self
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "RollbackIncomplete" && c.status == "True")
+            {
+                set_condition(
+                    &mut self.status,
+                    "RollbackIncomplete",
+                    false,
+                    "StepSucceeded",
+                    &format!("{step} succeeded"),
+                    now,
+                );
+            }
+            self.timeline(
+                &format!("Rollback{step}"),
+                &format!("rollback step {step} done"),
+            );
+            self.requeue = 0;
+        }
+        let finished = rb.step == RollbackStep::Done;
+        let release = rb.release.clone();
+        self.status.rollback = Some(rb);
+        if finished {
+            self.status.canary = None;
+            self.status.current_step = None;
+            self.status.step_started_at = None;
+            self.act(Action::ResetAnalysis);
+            self.note(
+                false,
+                "RolledBack",
+                format!(
+                    "{release} rolled back; {} serves and recovered",
+                    stable.release
+                ),
+            );
+            self.set_phase(
+                RolloutPhase::RolledBack,
+                format!("{release} was rolled back; {} serves", stable.release),
+            );
+            self.requeue = 0;
+        } else if self
+            .status
+            .message
+            .as_deref()
+            .is_none_or(|m| !m.starts_with("rolled back;"))
+        {
+            self.status.message = Some(format!(
+                "rolling back {release}: next step {}",
+                self.status
+                    .rollback
+                    .as_ref()
+                    .map_or(RollbackStep::Done, |r| r.step)
+            ));
+        }
+    }
+}
+
+fn abort_reason(req: &Request) -> String {
+    format!("aborted by {}{}", req.by, reason_suffix(req))
+}
+
+fn reason_suffix(req: &Request) -> String {
+    req.reason
+        .as_ref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default()
+}
+
+/// The measurements that failed, or all of them when none is marked Fail.
+fn failing(summary: &AnalysisSummary) -> Vec<MetricEvidence> {
+    let failed: Vec<MetricEvidence> = summary
+        .metrics
+        .iter()
+        .filter(|m| m.verdict == "Fail")
+        .cloned()
+        .collect();
+    if failed.is_empty() {
+        summary.metrics.clone()
+    } else {
+        failed
+    }
+}
+
+fn push_timeline(status: &mut RolloutStatus, now: i64, reason: &str, message: &str) {
+    status.timeline.push(TimelineEntry {
+        at: format_time(now),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+    });
+    let excess = status.timeline.len().saturating_sub(TIMELINE_LIMIT);
+    status.timeline.drain(..excess);
+}
+
+fn incident(
+    rb: &RollbackStatus,
+    dedup_key: String,
+    action: OutboxAction,
+    severity: Severity,
+    title: String,
+    from_digest: Option<String>,
+    now: i64,
+) -> OutboxEntry {
+    OutboxEntry {
+        dedup_key,
+        action,
+        severity,
+        title,
+        release: rb.release.clone(),
+        from_digest,
+        to_digest: rb.digest.clone(),
+        created_at: format_time(now),
+        state: DeliveryState::Pending,
+        attempts: 0,
+    }
+}
+
+/// Puts an incident in the outbox once per (dedup key, action); false when it was there.
+fn enqueue(status: &mut RolloutStatus, spec: &RolloutSpec, entry: OutboxEntry, now: i64) -> bool {
+    if status
+        .outbox
+        .iter()
+        .any(|e| e.dedup_key == entry.dedup_key && e.action == entry.action)
+    {
+        return false;
+    }
+    push_outbox(status, spec, entry, now);
+    true
+}
+
+fn push_outbox(status: &mut RolloutStatus, spec: &RolloutSpec, entry: OutboxEntry, now: i64) {
+    let receivers = spec.escalation.as_ref().map(|e| e.receivers.join(", "));
+    let message = match receivers {
+        Some(r) => format!(
+            "{:?} {} for {r}: {}",
+            entry.action, entry.dedup_key, entry.title
+        ),
+        None => format!(
+            "{:?} {} recorded; the Rollout names no receivers",
+            entry.action, entry.dedup_key
+        ),
+    };
+    status.outbox.push(entry);
+    let excess = status.outbox.len().saturating_sub(64);
+    status.outbox.drain(..excess);
+    push_timeline(status, now, "Escalation", &message);
+}
+
+/// Sets a condition; its transition time moves only when its status changes.
+pub fn set_condition(
+    status: &mut RolloutStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: i64,
+) {
+    let value = if ok { "True" } else { "False" };
+    let time = Time(Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH));
+    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != value {
+            c.last_transition_time = time;
+        }
+        c.status = value.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        c.observed_generation = status.observed_generation;
+    } else {
+        status.conditions.push(Condition {
+            type_: type_.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: time,
+            observed_generation: status.observed_generation,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::Duration;
+    use crate::api::rollout::{Escalation, GatewayApiRouter, Step, TargetRef, TrafficRouter};
+
+    const OLD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const NEW: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn spec() -> RolloutSpec {
+        RolloutSpec {
+            target_ref: TargetRef { name: "c".into() },
+            traffic_router: Some(TrafficRouter {
+                gateway_api: Some(GatewayApiRouter {
+                    http_route: "c".into(),
+                }),
+                istio: None,
+                smi: None,
+            }),
+            steps: vec![
+                Step {
+                    set_weight: Some(10),
+                    duration: Some(Duration::new("30s")),
+                    pause: None,
+                },
+                Step {
+                    set_weight: Some(50),
+                    duration: None,
+                    pause: None,
+                },
+            ],
+            analysis: None,
+            baseline: BaselineMode::Stable,
+            progress_deadline: Duration::new("10m"),
+            require_digest: true,
+            post_promotion_window: None,
+            recovery_window: Duration::new("30s"),
+            escalation: Some(Escalation {
+                receivers: vec!["pager".into()],
+                severity: Severity::Error,
+                runbook: None,
+            }),
+            history_limit: 10,
+        }
+    }
+
+    fn artifact(digest: &str) -> Artifact {
+        Artifact {
+            digest: digest.into(),
+            images: vec![("c".into(), format!("img@{digest}"))],
+        }
+    }
+
+    fn workload(release: &str, digest: &str, replicas: i32) -> Workload {
+        Workload {
+            replicas,
+            pods: replicas,
+            ready: replicas,
+            release: Some(release.into()),
+            digest: Some(digest.into()),
+            rolled_out: true,
+        }
+    }
+
+    fn release(digest: &str, phase: ReleasePhase) -> ReleaseView {
+        ReleaseView {
+            name: release_name("c", digest),
+            digest: digest.into(),
+            phase: Some(phase),
+            overridden: false,
+            verdict: None,
+        }
+    }
+
+    /// Stable on OLD with 4 replicas; the target declares `declared`.
+    fn observed(declared: &str, now: i64) -> Observed {
+        Observed {
+            now,
+            target: Some(TargetView {
+                replicas: 0,
+                artifact: Ok(artifact(declared)),
+            }),
+            stable: Some(workload(&release_name("c", OLD), OLD, 4)),
+            releases: vec![release(OLD, ReleasePhase::Stable)],
+            ..Observed::default()
+        }
+    }
+
+    fn stable_status() -> RolloutStatus {
+        RolloutStatus {
+            phase: Some(RolloutPhase::Stable),
+            replicas: Some(4),
+            stable: Some(ReleaseRef {
+                release: release_name("c", OLD),
+                digest: OLD.into(),
+                short_digest: short_digest(OLD),
+            }),
+            ..RolloutStatus::default()
+        }
+    }
+
+    fn fail(critical: bool) -> AnalysisView {
+        AnalysisView {
+            decision: Decision::Fail {
+                metric: "error-rate".into(),
+                reason: "canary 10% vs 0.5%".into(),
+                critical,
+            },
+            summary: AnalysisSummary {
+                decision: "Fail".into(),
+                metrics: vec![MetricEvidence {
+                    metric: "error-rate".into(),
+                    verdict: "Fail".into(),
+                    ..MetricEvidence::default()
+                }],
+                ..AnalysisSummary::default()
+            },
+            first_fail_at: Some(1000),
+        }
+    }
+
+    /// A canary at step 0, weight 10 verified at t=1000, ready with one pod.
+    fn progressing() -> (RolloutStatus, Observed) {
+        let mut s = stable_status();
+        s.phase = Some(RolloutPhase::Progressing);
+        s.canary = Some(ReleaseRef {
+            release: release_name("c", NEW),
+            digest: NEW.into(),
+            short_digest: short_digest(NEW),
+        });
+        s.current_step = Some(0);
+        s.canary_weight = Some(10);
+        s.step_started_at = Some(format_time(1000));
+        s.canary_started_at = Some(format_time(990));
+        let mut o = observed(NEW, 1005);
+        o.canary = Some(workload(&release_name("c", NEW), NEW, 1));
+        o.releases.push(release(NEW, ReleasePhase::Progressing));
+        (s, o)
+    }
+
+    #[test]
+    fn the_first_digest_becomes_stable_once_its_deployment_is_ready() {
+        let mut o = observed(OLD, 100);
+        o.stable = None;
+        o.releases.clear();
+        o.target = Some(TargetView {
+            replicas: 4,
+            artifact: Ok(artifact(OLD)),
+        });
+        let plan = decide("c", &spec(), &RolloutStatus::default(), &o);
+        let r = release_name("c", OLD);
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::CreateRelease {
+                    name: r.clone(),
+                    phase: ReleasePhase::Candidate
+                },
+                Action::EnsureServices,
+                Action::ApplyArm {
+                    arm: Arm::Stable,
+                    release: r.clone(),
+                    replicas: 4
+                },
+            ]
+        );
+        assert_eq!(plan.status.phase, None, "still initializing");
+        assert_eq!(
+            plan.status.replicas,
+            Some(4),
+            "the target's size is remembered"
+        );
+        // Ready: the target is scaled down, weights verified, Release moved to Stable.
+        o.stable = Some(workload(&r, OLD, 4));
+        o.releases = vec![release(OLD, ReleasePhase::Candidate)];
+        let plan = decide("c", &spec(), &plan.status, &o);
+        assert_eq!(plan.actions[0], Action::ScaleTarget);
+        assert!(plan.actions.contains(&Action::SetWeights {
+            canary: 0,
+            baseline: 0
+        }));
+        assert!(plan.actions.contains(&Action::ReleasePhase {
+            release: r.clone(),
+            phase: ReleasePhase::Stable,
+            verdict: None
+        }));
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+        assert_eq!(plan.status.stable.map(|s| s.digest), Some(OLD.into()));
+    }
+
+    #[test]
+    fn tag_only_images_are_refused_with_a_condition() {
+        let mut o = observed(OLD, 100);
+        o.target = Some(TargetView {
+            replicas: 4,
+            artifact: Err("container \"c\" image \"img:1\" is not pinned by digest".into()),
+        });
+        let plan = decide("c", &spec(), &stable_status(), &o);
+        assert!(!plan.actions.iter().any(|a| matches!(
+            a,
+            Action::ApplyArm {
+                arm: Arm::Canary,
+                ..
+            }
+        )));
+        let c = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DigestRequired")
+        );
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+    }
+
+    #[test]
+    fn a_new_digest_starts_a_canary_then_weights_it_after_its_pods_are_ready() {
+        let plan = decide("c", &spec(), &stable_status(), &observed(NEW, 100));
+        let r = release_name("c", NEW);
+        assert!(plan.actions.contains(&Action::CreateRelease {
+            name: r.clone(),
+            phase: ReleasePhase::Progressing
+        }));
+        assert!(plan.actions.contains(&Action::ApplyArm {
+            arm: Arm::Canary,
+            release: r.clone(),
+            replicas: 1
+        }));
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Progressing));
+        assert_eq!(
+            plan.status.canary.as_ref().map(|c| c.digest.as_str()),
+            Some(NEW)
+        );
+        // Not ready yet: no weight.
+        let mut o = observed(NEW, 101);
+        o.canary = Some(Workload {
+            ready: 0,
+            ..workload(&r, NEW, 1)
+        });
+        let waiting = decide("c", &spec(), &plan.status, &o);
+        assert!(
+            !waiting
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::SetWeights { .. })),
+            "{:?}",
+            waiting.actions
+        );
+        // Ready: weight 10 written and verified, the step clock starts.
+        o.canary = Some(workload(&r, NEW, 1));
+        let weighted = decide("c", &spec(), &plan.status, &o);
+        assert_eq!(
+            weighted.actions,
+            vec![Action::SetWeights {
+                canary: 10,
+                baseline: 0
+            }]
+        );
+        assert_eq!(weighted.status.canary_weight, Some(10));
+        assert_eq!(weighted.status.step_started_at, Some(format_time(101)));
+    }
+
+    #[test]
+    fn a_step_advances_only_after_its_duration_and_a_pass() {
+        let (s, mut o) = progressing();
+        let mut sp = spec();
+        sp.analysis = Some(crate::api::rollout::RolloutAnalysis {
+            templates: vec![],
+            args: vec![],
+        });
+        o.analysis = Some(AnalysisView {
+            decision: Decision::Pass,
+            summary: AnalysisSummary::default(),
+            first_fail_at: None,
+        });
+        o.now = 1020;
+        assert_eq!(
+            decide("c", &sp, &s, &o).status.current_step,
+            Some(0),
+            "20 s of 30 s"
+        );
+        o.now = 1031;
+        o.analysis = Some(AnalysisView {
+            decision: Decision::Running,
+            summary: AnalysisSummary::default(),
+            first_fail_at: None,
+        });
+        assert_eq!(
+            decide("c", &sp, &s, &o).status.current_step,
+            Some(0),
+            "not enough evidence"
+        );
+        o.analysis = Some(AnalysisView {
+            decision: Decision::Pass,
+            summary: AnalysisSummary::default(),
+            first_fail_at: None,
+        });
+        let plan = decide("c", &sp, &s, &o);
+        assert_eq!(plan.status.current_step, Some(1));
+        assert_eq!(plan.status.step_started_at, None);
+    }
+
+    #[test]
+    fn the_last_step_promotes_by_digest_then_the_weight_returns_to_stable() {
+        let (mut s, mut o) = progressing();
+        s.current_step = Some(2);
+        s.phase = Some(RolloutPhase::Promoting);
+        o.target = Some(TargetView {
+            replicas: 0,
+            artifact: Ok(artifact(NEW)),
+        });
+        let plan = decide("c", &spec(), &s, &o);
+        let r = release_name("c", NEW);
+        assert_eq!(
+            plan.actions,
+            vec![Action::ApplyArm {
+                arm: Arm::Stable,
+                release: r.clone(),
+                replicas: 4
+            }]
+        );
+        o.stable = Some(workload(&r, NEW, 4));
+        let plan = decide("c", &spec(), &s, &o);
+        assert_eq!(
+            &plan.actions[..3],
+            &[
+                Action::SetWeights {
+                    canary: 0,
+                    baseline: 0
+                },
+                Action::ScaleArm {
+                    arm: Arm::Canary,
+                    replicas: 0
+                },
+                Action::ReleasePhase {
+                    release: r.clone(),
+                    phase: ReleasePhase::Stable,
+                    verdict: None
+                },
+            ]
+        );
+        assert!(plan.actions.contains(&Action::ReleasePhase {
+            release: release_name("c", OLD),
+            phase: ReleasePhase::Superseded,
+            verdict: None
+        }));
+        assert_eq!(
+            plan.status.stable.as_ref().map(|r| r.digest.as_str()),
+            Some(NEW)
+        );
+        assert_eq!(
+            plan.status
+                .previous_stable
+                .as_ref()
+                .map(|r| r.digest.as_str()),
+            Some(OLD)
+        );
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+    }
+
+    /// Drives the saga from a critical Fail to the end, the way the controller does: apply the
+    /// plan, record its status, observe again.
+    #[test]
+    fn a_critical_fail_records_the_rollback_first_then_runs_every_step_once_in_order() {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        let start = decide("c", &spec(), &s, &o);
+        assert_eq!(start.status.phase, Some(RolloutPhase::RollingBack));
+        assert!(
+            start.actions.is_empty(),
+            "the saga is recorded before its first step: {:?}",
+            start.actions
+        );
+        let rb = start.status.rollback.clone().expect("saga recorded");
+        assert_eq!(
+            (rb.step, rb.breach_at.as_deref()),
+            (RollbackStep::ZeroWeights, Some(format_time(1000).as_str()))
+        );
+        assert_eq!(rb.evidence.len(), 1);
+        let mut status = start.status;
+        let mut steps = Vec::new();
+        let mut all = Vec::new();
+        for t in 0..40 {
+            o.now = 1006 + t;
+            o.analysis = None;
+            let plan = decide("c", &spec(), &status, &o);
+            all.extend(plan.actions.clone());
+            // The world follows the actions.
+            for a in &plan.actions {
+                if let Action::ScaleArm {
+                    arm: Arm::Canary,
+                    replicas: 0,
+                } = a
+                {
+                    o.canary = Some(Workload {
+                        replicas: 0,
+                        pods: 0,
+                        ready: 0,
+                        ..workload("x", NEW, 0)
+                    });
+                }
+            }
+            if let Some(rb) = &plan.status.rollback
+                && steps.last() != Some(&rb.step)
+            {
+                steps.push(rb.step);
+            }
+            status = plan.status;
+            if status.phase == Some(RolloutPhase::RolledBack) {
+                break;
+            }
+        }
+        assert_eq!(
+            status.phase,
+            Some(RolloutPhase::RolledBack),
+            "{:?}",
+            status.message
+        );
+        assert_eq!(
+            steps,
+            vec![
+                RollbackStep::EnsureStableCapacity,
+                RollbackStep::RestoreStable,
+                RollbackStep::MarkUnstable,
+                RollbackStep::Escalate,
+                RollbackStep::VerifyRecovery,
+                RollbackStep::Done,
+            ]
+        );
+        assert_eq!(
+            all[0],
+            Action::SetWeights {
+                canary: 0,
+                baseline: 0
+            },
+            "weight first"
+        );
+        let unstable = all
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::ReleasePhase {
+                        phase: ReleasePhase::Unstable,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(unstable, 1);
+        let rb = status.rollback.expect("saga");
+        assert_eq!(rb.weight_zero_at, Some(format_time(1006)));
+        assert!(rb.recovered_at.is_some());
+        let triggers: Vec<&OutboxEntry> = status
+            .outbox
+            .iter()
+            .filter(|e| e.action == OutboxAction::Trigger)
+            .collect();
+        assert_eq!(triggers.len(), 1, "exactly one incident");
+        assert_eq!(
+            triggers[0].dedup_key,
+            dedup_key("c", &release_name("c", NEW))
+        );
+        assert_eq!(triggers[0].from_digest.as_deref(), Some(OLD));
+        assert_eq!(
+            status
+                .outbox
+                .iter()
+                .filter(|e| e.action == OutboxAction::Resolve)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_replayed_saga_step_is_the_same_plan() {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        let started = decide("c", &spec(), &s, &o).status;
+        // A controller killed after zeroing the weight but before recording it does it again.
+        let first = decide("c", &spec(), &started, &o);
+        let again = decide("c", &spec(), &started, &o);
+        assert_eq!(first.actions, again.actions);
+        assert_eq!(
+            first.actions,
+            vec![Action::SetWeights {
+                canary: 0,
+                baseline: 0
+            }]
+        );
+        // Escalating twice never makes two incidents.
+        let mut at_escalate = started.clone();
+        if let Some(rb) = at_escalate.rollback.as_mut() {
+            rb.step = RollbackStep::Escalate;
+        }
+        let once = decide("c", &spec(), &at_escalate, &o).status;
+        let mut replay = once.clone();
+        if let Some(rb) = replay.rollback.as_mut() {
+            rb.step = RollbackStep::Escalate;
+        }
+        let twice = decide("c", &spec(), &replay, &o).status;
+        assert_eq!(twice.outbox.len(), 1);
+    }
+
+    #[test]
+    fn a_failing_step_raises_rollback_incomplete_and_one_critical_incident() {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        let mut status = decide("c", &spec(), &s, &o).status;
+        for _ in 0..5 {
+            status = failed(
+                "c",
+                &spec(),
+                &status,
+                "HTTPRoute c: connection refused",
+                1010,
+            );
+        }
+        let rb = status.rollback.as_ref().expect("saga");
+        assert_eq!((rb.step, rb.attempts), (RollbackStep::ZeroWeights, 5));
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RollbackIncomplete")
+            .expect("condition");
+        assert_eq!(c.status, "True");
+        assert!(c.message.contains("connection refused"), "{}", c.message);
+        let critical: Vec<&OutboxEntry> = status
+            .outbox
+            .iter()
+            .filter(|e| e.severity == Severity::Critical)
+            .collect();
+        assert_eq!(
+            critical.len(),
+            1,
+            "one critical incident however often it fails"
+        );
+        // The step succeeds at last: the condition clears, the saga moves on.
+        let plan = decide("c", &spec(), &status, &o);
+        let c = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RollbackIncomplete")
+            .expect("condition");
+        assert_eq!(c.status, "False");
+        assert_eq!(
+            plan.status.rollback.map(|r| r.step),
+            Some(RollbackStep::EnsureStableCapacity)
+        );
+    }
+
+    #[test]
+    fn a_non_critical_fail_rolls_back_when_the_step_ends() {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(false));
+        o.now = 1010;
+        assert_eq!(
+            decide("c", &spec(), &s, &o).status.phase,
+            Some(RolloutPhase::Progressing)
+        );
+        o.now = 1031;
+        assert_eq!(
+            decide("c", &spec(), &s, &o).status.phase,
+            Some(RolloutPhase::RollingBack)
+        );
+    }
+
+    #[test]
+    fn an_unstable_digest_is_blocked_until_overridden() {
+        let mut o = observed(NEW, 2000);
+        o.releases.push(ReleaseView {
+            verdict: Some("error-rate failed".into()),
+            ..release(NEW, ReleasePhase::Unstable)
+        });
+        let plan = decide("c", &spec(), &stable_status(), &o);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Blocked));
+        assert!(
+            plan.status.message.as_deref().is_some_and(
+                |m| m.contains("error-rate failed") && m.contains("rollguard override")
+            )
+        );
+        assert!(!plan.actions.iter().any(|a| matches!(
+            a,
+            Action::ApplyArm {
+                arm: Arm::Canary,
+                ..
+            }
+        )));
+        // Overridden: Unstable → Candidate → Progressing, and a canary starts.
+        o.releases[1].overridden = true;
+        let plan = decide("c", &spec(), &plan.status, &o);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Progressing));
+        let r = release_name("c", NEW);
+        assert_eq!(
+            &plan.actions[..2],
+            &[
+                Action::ReleasePhase {
+                    release: r.clone(),
+                    phase: ReleasePhase::Candidate,
+                    verdict: None
+                },
+                Action::ReleasePhase {
+                    release: r,
+                    phase: ReleasePhase::Progressing,
+                    verdict: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_are_acted_on_once() {
+        let (s, o) = progressing();
+        let mut o = o;
+        o.request = Some(Request {
+            id: "r1".into(),
+            action: RequestAction::Pause,
+            by: "alice".into(),
+            reason: None,
+        });
+        let paused = decide("c", &spec(), &s, &o).status;
+        assert_eq!(paused.phase, Some(RolloutPhase::Paused));
+        assert_eq!(paused.paused_by.as_deref(), Some("alice"));
+        assert_eq!(
+            decide("c", &spec(), &paused, &o).status.phase,
+            Some(RolloutPhase::Paused)
+        );
+        o.request = Some(Request {
+            id: "r2".into(),
+            action: RequestAction::Abort,
+            by: "bob".into(),
+            reason: Some("pager noise".into()),
+        });
+        let aborted = decide("c", &spec(), &paused, &o);
+        assert_eq!(aborted.status.phase, Some(RolloutPhase::RollingBack));
+        assert_eq!(
+            aborted.status.rollback.map(|r| r.reason),
+            Some("aborted by bob: pager noise".into())
+        );
+        assert!(aborted.actions.iter().any(|a| matches!(a, Action::ReleaseHistory { entry, .. } if entry.action == "abort" && entry.by == "bob")));
+        // The same request again changes nothing.
+        let mut seen = paused.clone();
+        seen.acknowledged_request = Some("r2".into());
+        assert_eq!(
+            decide("c", &spec(), &seen, &o).status.phase,
+            Some(RolloutPhase::Paused)
+        );
+    }
+
+    #[test]
+    fn an_abort_in_the_post_promotion_window_restores_the_previous_digest() {
+        let mut s = stable_status();
+        let new_ref = ReleaseRef {
+            release: release_name("c", NEW),
+            digest: NEW.into(),
+            short_digest: short_digest(NEW),
+        };
+        s.previous_stable = s.stable.replace(new_ref);
+        s.verify_until = Some(format_time(5000));
+        let mut o = observed(NEW, 3000);
+        o.stable = Some(workload(&release_name("c", NEW), NEW, 4));
+        o.request = Some(Request {
+            id: "r".into(),
+            action: RequestAction::Abort,
+            by: "ic".into(),
+            reason: None,
+        });
+        let mut status = decide("c", &spec(), &s, &o).status;
+        assert_eq!(status.stable.as_ref().map(|r| r.digest.as_str()), Some(OLD));
+        let mut restored = false;
+        for t in 0..6 {
+            o.now = 3001 + t;
+            let plan = decide("c", &spec(), &status, &o);
+            restored |= plan.actions.contains(&Action::ApplyArm {
+                arm: Arm::Stable,
+                release: release_name("c", OLD),
+                replicas: 4,
+            });
+            status = plan.status;
+        }
+        assert!(
+            restored,
+            "the previous stable digest goes back on the stable Deployment"
+        );
+    }
+
+    #[test]
+    fn a_canary_that_never_gets_ready_is_rolled_back_at_the_deadline() {
+        let (mut s, mut o) = progressing();
+        s.step_started_at = None;
+        s.canary_weight = Some(0);
+        o.canary = Some(Workload {
+            ready: 0,
+            ..workload(&release_name("c", NEW), NEW, 1)
+        });
+        o.now = 990 + 599;
+        assert_eq!(
+            decide("c", &spec(), &s, &o).status.phase,
+            Some(RolloutPhase::Progressing)
+        );
+        o.now = 990 + 601;
+        let plan = decide("c", &spec(), &s, &o);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::RollingBack));
+        assert!(
+            plan.status
+                .rollback
+                .is_some_and(|r| r.reason.contains("progress deadline"))
+        );
+    }
+
+    #[test]
+    fn a_target_reverted_to_stable_withdraws_the_canary_without_a_verdict() {
+        let (s, mut o) = progressing();
+        o.target = Some(TargetView {
+            replicas: 0,
+            artifact: Ok(artifact(OLD)),
+        });
+        let plan = decide("c", &spec(), &s, &o);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+        assert_eq!(
+            plan.actions[0],
+            Action::SetWeights {
+                canary: 0,
+                baseline: 0
+            }
+        );
+        assert!(plan.actions.contains(&Action::ReleasePhase {
+            release: release_name("c", NEW),
+            phase: ReleasePhase::Superseded,
+            verdict: None
+        }));
+        assert!(plan.status.canary.is_none());
+    }
+}
