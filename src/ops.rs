@@ -289,3 +289,95 @@ pub async fn status(
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::rollout::{
+        AnalysisSummary, MetricEvidence, ReleaseRef, RollbackStatus, RollbackStep, RolloutPhase,
+        RolloutSpec, TimelineEntry,
+    };
+
+    fn rollout(status: RolloutStatus) -> Rollout {
+        let spec: RolloutSpec = serde_json::from_value(json!({
+            "targetRef": {"name": "web"},
+            "steps": [{"setWeight": 10}, {"setWeight": 50}],
+        }))
+        .expect("spec");
+        let mut ro = Rollout::new("web", spec);
+        ro.metadata.namespace = Some("shop".into());
+        ro.status = Some(status);
+        ro
+    }
+
+    #[test]
+    fn status_shows_phase_digests_verdicts_saga_and_timeline() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let status = RolloutStatus {
+            phase: Some(RolloutPhase::RollingBack),
+            message: Some("rolling back web-bbbbbbbbbb".into()),
+            current_step: Some(0),
+            canary_weight: Some(0),
+            canary: Some(ReleaseRef {
+                release: "web-bbbbbbbbbb".into(),
+                digest: digest.clone(),
+                short_digest: "bbbbbbbbbbbb".into(),
+            }),
+            analysis: Some(AnalysisSummary {
+                decision: "Fail".into(),
+                metrics: vec![MetricEvidence {
+                    metric: "error-rate".into(),
+                    verdict: "Fail".into(),
+                    reason: "canary 3.6% vs baseline 0.0%".into(),
+                    counts: Some("canary 9/250, baseline 0/2200".into()),
+                    ..MetricEvidence::default()
+                }],
+                ..AnalysisSummary::default()
+            }),
+            rollback: Some(RollbackStatus {
+                release: "web-bbbbbbbbbb".into(),
+                reason: "critical metric error-rate failed".into(),
+                step: RollbackStep::EnsureStableCapacity,
+                attempts: 2,
+                last_error: Some("connection refused".into()),
+                ..RollbackStatus::default()
+            }),
+            timeline: vec![TimelineEntry {
+                at: "2026-11-22T00:00:00Z".into(),
+                reason: "RollbackStarted".into(),
+                message: "rolling back".into(),
+            }],
+            ..RolloutStatus::default()
+        };
+        let text = render_status(&rollout(status), &[]);
+        for expected in [
+            "Rollout shop/web",
+            "Phase:    RollingBack",
+            "Step:     0 of 2",
+            &format!("Canary:   web-bbbbbbbbbb {digest}"),
+            "error-rate       Fail         canary 3.6% vs baseline 0.0%",
+            "canary 9/250, baseline 0/2200",
+            "Rollback of web-bbbbbbbbbb: critical metric error-rate failed",
+            "next: EnsureStableCapacity (failing 2x: connection refused)",
+            "RollbackStarted",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_annotation() {
+        let r = Request {
+            id: "abort-1".into(),
+            action: RequestAction::Abort,
+            by: "alice".into(),
+            reason: Some("pager".into()),
+        };
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(
+            text,
+            r#"{"id":"abort-1","action":"abort","by":"alice","reason":"pager"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).ok(), Some(r));
+    }
+}
