@@ -117,6 +117,13 @@ pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
 }
 
 /// `2026-11-22T10:00:00Z` for unix seconds.
+/// The current time in unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 pub fn format_time(at: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()

@@ -294,9 +294,7 @@ fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
 }
 
 async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = crate::backtest::unix_now();
     let from = parse_time(&a.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
     let to = parse_time(&a.to, now).map_err(|e| anyhow::anyhow!("--to {e}"))?;
     anyhow::ensure!(

@@ -46,12 +46,6 @@ fn fallback_user() -> String {
     std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Sends a manual request to the controller.
 pub async fn request(
     client: &Client,
@@ -107,7 +101,7 @@ pub async fn override_release(
         status.phase.unwrap_or_default()
     );
     let by = whoami(client).await;
-    let at = format_time(now());
+    let at = format_time(crate::backtest::unix_now());
     let mut history = status.history;
     history.push(HistoryEntry {
         action: "override".into(),

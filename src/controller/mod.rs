@@ -64,12 +64,6 @@ fn key(ro: &Rollout) -> String {
     format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any())
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Runs the controller until SIGTERM or Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
@@ -212,7 +206,7 @@ async fn observe(ro: &Rollout, ctx: &Context) -> Result<Observed, Error> {
         .get(REQUEST_ANNOTATION)
         .and_then(|text| serde_json::from_str::<Request>(text).ok());
     Ok(Observed {
-        now: now(),
+        now: crate::backtest::unix_now(),
         generation: ro.meta().generation,
         target,
         stable,
@@ -276,7 +270,7 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
     }
     let run = slot.as_mut()?;
     let started = std::time::Instant::now();
-    let view = run.measure(now()).await;
+    let view = run.measure(crate::backtest::unix_now()).await;
     ctx.metrics
         .analysis_seconds(started.elapsed().as_secs_f64());
     Some(view)

@@ -364,51 +364,26 @@ impl Planner<'_> {
 
     /// The target's artifact, or None with the reason recorded as a condition.
     fn target_artifact(&mut self) -> Option<Artifact> {
-        let now = self.now();
-        match &self.obs.target {
-            None => {
-                let message = format!(
+        let (result, reason) = match &self.obs.target {
+            None => (
+                Err(format!(
                     "target Deployment {:?} not found in the Rollout's namespace",
                     self.spec.target_ref.name
-                );
-                set_condition(
-                    &mut self.status,
-                    "Ready",
-                    false,
-                    "TargetMissing",
-                    &message,
-                    now,
-                );
+                )),
+                "TargetMissing",
+            ),
+            Some(t) => (t.artifact.clone(), "DigestRequired"),
+        };
+        let now = self.now();
+        match result {
+            Err(message) => {
+                set_condition(&mut self.status, "Ready", false, reason, &message, now);
                 self.status.message = Some(message);
                 None
             }
-            Some(TargetView {
-                artifact: Err(e), ..
-            }) => {
-                let message = e.clone();
-                set_condition(
-                    &mut self.status,
-                    "Ready",
-                    false,
-                    "DigestRequired",
-                    &message,
-                    now,
-                );
-                self.status.message = Some(message);
-                None
-            }
-            Some(TargetView {
-                artifact: Ok(a), ..
-            }) => {
-                let a = a.clone();
-                set_condition(
-                    &mut self.status,
-                    "Ready",
-                    true,
-                    "TargetValid",
-                    "the target declares a valid artifact",
-                    now,
-                );
+            Ok(a) => {
+                let ok = "the target declares a valid artifact";
+                set_condition(&mut self.status, "Ready", true, "TargetValid", ok, now);
                 Some(a)
             }
         }
