@@ -193,6 +193,7 @@ mod tests {
             namespace: "ns".into(),
             canary: "app-canary".into(),
             baseline: "app-stable".into(),
+            baseline_offset: None,
             args: vec![],
         };
         let mut run = AnalysisRun::new(&spec, &target).expect("run");

@@ -239,6 +239,7 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -339,6 +340,7 @@ async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         namespace: a.namespace.clone(),
         canary: arm(&a.canary, "canary"),
         baseline: arm(&a.baseline, "stable"),
+        baseline_offset: None,
         args: a.args.clone(),
     };
     let mut run = AnalysisRun::new(&template.spec, &target)

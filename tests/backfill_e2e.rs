@@ -240,6 +240,7 @@ async fn backtest(url: &str, namespace: &str, from: i64, to: i64, timeout: Durat
         namespace: namespace.into(),
         canary: "checkout-canary".into(),
         baseline: "checkout-stable".into(),
+        baseline_offset: None,
         args: vec![],
     };
     let mut run = AnalysisRun::new(&istio_template(), &target).expect("the template runs");

@@ -1,66 +1,101 @@
-//! The controller on the real control plane, with the traffic simulator and the real
-//! Prometheus closing the loop: weights → traffic → metrics → analysis → promotion or rollback.
+//! The controller on the real control plane, with the traffic simulator and the real Prometheus
+//! closing the loop: weights → traffic → metrics → analysis → promotion or rollback.
 //!
 //! Run by `make test` (needs `scripts/env up`): `cargo test --test controller_e2e -- --ignored`.
 
 mod common;
 
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::DynamicObject;
+use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use rollguard::api::release::{Release, ReleasePhase};
-use rollguard::api::rollout::{Rollout, RolloutPhase, RolloutStatus};
+use rollguard::api::rollout::{OutboxAction, RollbackStep, Rollout, RolloutPhase, RolloutStatus};
+use rollguard::traffic::router::MeshRouter;
+use rollguard::traffic::{Arms, RouteKind, TrafficRouter, Weights, weights};
 use serde_json::{Value, json};
 
 const GOOD_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const GOOD_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const BAD_C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
-/// `rollguard controller` as a child process, killed when dropped.
-struct ControllerProcess {
-    child: Child,
+/// 10% of requests answered 503: the error-rate fault.
+const ERRORS: &str = r#"{"errorRate": 0.1, "errorCode": 503}"#;
+/// Ten times slower, no errors: the latency-only fault.
+const SLOW: &str = r#"{"p50Ms": 200, "p99Ms": 1000}"#;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Router {
+    Gateway,
+    Istio,
+    Smi,
+    Replicas,
 }
 
-impl ControllerProcess {
-    fn start(log: &str) -> ControllerProcess {
-        let log = std::fs::File::create(log).expect("controller log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rollguard"))
-            .args([
-                "controller",
-                "--listen",
-                "127.0.0.1:0",
-                "--namespace",
-                "default",
-                "--concurrency",
-                "4",
-            ])
-            .env("RUST_LOG", "info,rollguard=debug,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting rollguard controller");
-        ControllerProcess { child }
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Judgement {
+    Errors,
+    Latency,
+}
+
+/// What a test's namespace holds: the router, what the template judges, the steps, and where
+/// the MetricProvider points.
+struct Scenario {
+    router: Router,
+    judgement: Judgement,
+    steps: Value,
+    post_promotion_window: Option<&'static str>,
+    prometheus: String,
+    /// The template's `onInconclusive` and `inconclusiveLimit`.
+    inconclusive: (&'static str, u32),
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            router: Router::Gateway,
+            judgement: Judgement::Errors,
+            steps: json!([{"setWeight": 10, "duration": "4s"}, {"setWeight": 50, "duration": "4s"}]),
+            post_promotion_window: None,
+            prometheus: prometheus_url(),
+            inconclusive: ("Rollback", 3),
+        }
     }
 }
 
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rg(kind: &str, plural: &str) -> kube::core::ApiResource {
+fn rg(kind: &str, plural: &str) -> ApiResource {
     core_resource("rollguard.dev/v1alpha1", kind, plural)
 }
 
-async fn apply_cluster(client: &Client, ar: &kube::core::ApiResource, object: Value) {
+fn route_resource(router: Router) -> Option<ApiResource> {
+    match router {
+        Router::Gateway => Some(core_resource(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "httproutes",
+        )),
+        Router::Istio => Some(core_resource(
+            "networking.istio.io/v1",
+            "VirtualService",
+            "virtualservices",
+        )),
+        Router::Smi => Some(core_resource(
+            "split.smi-spec.io/v1alpha4",
+            "TrafficSplit",
+            "trafficsplits",
+        )),
+        Router::Replicas => None,
+    }
+}
+
+async fn apply_cluster(client: &Client, ar: &ApiResource, object: Value) {
     let name = object["metadata"]["name"]
         .as_str()
         .expect("named")
@@ -76,19 +111,15 @@ async fn apply_cluster(client: &Client, ar: &kube::core::ApiResource, object: Va
         .unwrap_or_else(|e| panic!("applying {} {name}: {e}", ar.kind));
 }
 
-fn target(digest: &str, profile: Option<&str>) -> Value {
-    let mut annotations = json!({});
-    if let Some(p) = profile {
-        annotations["sim.rollguard.dev/profile"] = json!(p);
-    }
+fn target(digest: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": format!("deploy {}", &digest[7..12])}},
         "spec": {
-            "replicas": 2,
+            "replicas": replicas,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
-                "metadata": {"labels": {"app": "web", "app.kubernetes.io/version": &digest[7..12]}, "annotations": annotations},
+                "metadata": {"labels": {"app": "web", "app.kubernetes.io/version": &digest[7..12]}},
                 "spec": {"containers": [{"name": "web", "image": format!("registry.example/web@{digest}"),
                                          "ports": [{"name": "http", "containerPort": 8080}]}]},
             },
@@ -96,33 +127,13 @@ fn target(digest: &str, profile: Option<&str>) -> Value {
     })
 }
 
-/// A namespace with a service behind an HTTPRoute, a template judging errors on Istio-style
-/// counters every 2 s, and a Rollout stepping 10% → 50%.
-async fn setup(prefix: &str) -> (TestNamespace, String) {
-    let ns = TestNamespace::create(prefix).await;
-    install_crds(&ns.client).await;
-    let provider = format!("prom-{}", ns.name);
-    apply_cluster(&ns.client, &rg("MetricProvider", "metricproviders"), json!({
-        "apiVersion": "rollguard.dev/v1alpha1", "kind": "MetricProvider",
-        "metadata": {"name": provider},
-        "spec": {"prometheus": {"address": prometheus_url(), "timeout": "3s"}, "allowedNamespaces": [ns.name]},
-    }))
-    .await;
-    ns.apply(
-        &core_resource("apps/v1", "Deployment", "deployments"),
-        target(GOOD_A, None),
-    )
-    .await;
-    ns.apply(&core_resource("v1", "Service", "services"), json!({
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-    }))
-    .await;
-    ns.apply(
-        &core_resource("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
-        json!({
+/// The route object of each router, all traffic on stable, with 400 requests per second.
+fn route(router: Router) -> Option<Value> {
+    let rps = json!({"sim.rollguard.dev/rps": "400"});
+    Some(match router {
+        Router::Gateway => json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "web", "annotations": {"sim.rollguard.dev/rps": "400"}},
+            "metadata": {"name": "web", "annotations": rps},
             "spec": {
                 "parentRefs": [{"name": "public"}],
                 "rules": [{"backendRefs": [
@@ -131,285 +142,454 @@ async fn setup(prefix: &str) -> (TestNamespace, String) {
                 ]}],
             },
         }),
-    )
-    .await;
-    let selector = |extra: &str| {
-        format!(
-            r#"sum(istio_requests_total{{reporter="destination", destination_workload_namespace="{}", destination_workload="{{{{arm}}}}"{extra}}})"#,
-            ns.name
-        )
-    };
-    ns.apply(&rg("AnalysisTemplate", "analysistemplates"), json!({
-        "apiVersion": "rollguard.dev/v1alpha1", "kind": "AnalysisTemplate",
-        "metadata": {"name": "errors"},
-        "spec": {"metrics": [{
-            "name": "error-rate", "provider": provider, "interval": "2s", "critical": true,
-            "errorRate": {"requests": selector(""), "errors": selector(r#", response_code=~"5..""#),
-                          "toleratedRatio": 1.5, "floor": 0.01, "minRequests": 100},
-        }]},
-    }))
-    .await;
-    ns.apply(
-        &rg("Rollout", "rollouts"),
-        json!({
-            "apiVersion": "rollguard.dev/v1alpha1", "kind": "Rollout",
-            "metadata": {"name": "web"},
+        Router::Istio => json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "web", "annotations": rps},
             "spec": {
-                "targetRef": {"name": "web"},
-                "trafficRouter": {"gatewayAPI": {"httpRoute": "web"}},
-                "steps": [{"setWeight": 10, "duration": "4s"}, {"setWeight": 50, "duration": "4s"}],
-                "analysis": {"templates": [{"name": "errors"}]},
-                "progressDeadline": "2m",
-                "recoveryWindow": "5s",
-                "escalation": {"receivers": ["pager"], "severity": "error"},
+                "hosts": ["web"],
+                "http": [{"name": "primary", "route": [
+                    {"destination": {"host": "web-stable"}, "weight": 100},
+                    {"destination": {"host": "web-canary"}, "weight": 0},
+                ]}],
             },
         }),
-    )
-    .await;
-    (ns, provider)
+        Router::Smi => json!({
+            "apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+            "metadata": {"name": "web", "annotations": rps},
+            "spec": {"service": "web", "backends": [
+                {"service": "web-stable", "weight": 100},
+                {"service": "web-canary", "weight": 0},
+            ]},
+        }),
+        Router::Replicas => return None,
+    })
 }
 
-async fn status(api: &Api<Rollout>) -> RolloutStatus {
-    api.get("web")
-        .await
-        .ok()
-        .and_then(|r| r.status)
-        .unwrap_or_default()
-}
-
-async fn wait_phase(
-    api: &Api<Rollout>,
-    phase: RolloutPhase,
-    digest: Option<&str>,
-    timeout: Duration,
-) -> RolloutStatus {
-    let what = format!("Rollout web to be {phase:?} on {digest:?}");
-    let start = Instant::now();
-    loop {
-        let s = status(api).await;
-        let on = digest.is_none_or(|d| s.stable.as_ref().is_some_and(|r| r.digest == d));
-        if s.phase == Some(phase) && on {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; status: {}",
-            serde_json::to_string_pretty(&s).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+fn traffic_router(router: Router) -> Value {
+    match router {
+        Router::Gateway => json!({"gatewayAPI": {"httpRoute": "web"}}),
+        Router::Istio => json!({"istio": {"virtualService": "web"}}),
+        Router::Smi => json!({"smi": {"trafficSplit": "web"}}),
+        Router::Replicas => Value::Null,
     }
 }
 
-async fn route_canary_weight(client: &Client, ns: &str) -> u64 {
-    let ar = core_resource("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes");
-    let route = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
-        .get("web")
-        .await
-        .expect("route");
-    let v = serde_json::to_value(route).expect("json");
-    v["spec"]["rules"][0]["backendRefs"][1]["weight"]
-        .as_u64()
-        .unwrap_or(0)
+/// A namespace with a service behind the scenario's router, a template judging it every 2 s on
+/// Istio-style metrics, and a Rollout on digest A.
+struct Fixture {
+    ns: TestNamespace,
+    provider: String,
+    router: Router,
+    replicas: i32,
+    rollouts: Api<Rollout>,
+    deployments: Api<Deployment>,
+    releases: Api<Release>,
+    pods: Api<Pod>,
 }
 
-async fn set_target(ns: &TestNamespace, digest: &str, profile: Option<&str>) {
-    ns.apply(
-        &core_resource("apps/v1", "Deployment", "deployments"),
-        target(digest, profile),
-    )
-    .await;
-}
+impl Fixture {
+    async fn new(prefix: &str, sc: &Scenario) -> Fixture {
+        let ns = TestNamespace::create(prefix).await;
+        install_crds(&ns.client).await;
+        let provider = format!("prom-{}", ns.name);
+        apply_cluster(&ns.client, &rg("MetricProvider", "metricproviders"), json!({
+            "apiVersion": "rollguard.dev/v1alpha1", "kind": "MetricProvider",
+            "metadata": {"name": provider},
+            "spec": {"prometheus": {"address": sc.prometheus, "timeout": "3s"}, "allowedNamespaces": [ns.name]},
+        }))
+        .await;
+        // Without a mesh the canary's share is its share of pods: 9 stable pods make 10% one pod.
+        let replicas = if sc.router == Router::Replicas { 9 } else { 2 };
+        let fx = Fixture {
+            rollouts: Api::namespaced(ns.client.clone(), &ns.name),
+            deployments: Api::namespaced(ns.client.clone(), &ns.name),
+            releases: Api::namespaced(ns.client.clone(), &ns.name),
+            pods: Api::namespaced(ns.client.clone(), &ns.name),
+            ns,
+            provider,
+            router: sc.router,
+            replicas,
+        };
+        fx.set_target(GOOD_A).await;
+        let mut service = json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        });
+        if sc.router == Router::Replicas {
+            service["metadata"]["annotations"] = json!({"sim.rollguard.dev/rps": "400"});
+        }
+        fx.ns
+            .apply(&core_resource("v1", "Service", "services"), service)
+            .await;
+        if let (Some(ar), Some(object)) = (route_resource(sc.router), route(sc.router)) {
+            fx.ns.apply(&ar, object).await;
+        }
+        let selector = |extra: &str| {
+            format!(
+                r#"istio_requests_total{{reporter="destination", destination_workload_namespace="{}", destination_workload="{{{{arm}}}}"{extra}}}"#,
+                fx.ns.name
+            )
+        };
+        let metric = match sc.judgement {
+            Judgement::Errors => json!({
+                "name": "error-rate", "provider": fx.provider, "interval": "2s", "critical": true,
+                "errorRate": {"requests": format!("sum({})", selector("")),
+                              "errors": format!("sum({})", selector(r#", response_code=~"5..""#)),
+                              "toleratedRatio": 1.5, "floor": 0.01, "minRequests": 100},
+            }),
+            Judgement::Latency => json!({
+                "name": "latency", "provider": fx.provider, "interval": "2s", "critical": true,
+                "latency": {"buckets": format!("sum by (le) ({})", selector("").replace("istio_requests_total", "istio_request_duration_milliseconds_bucket")),
+                            "bucketUnit": "milliseconds", "quantiles": [0.5, 0.9],
+                            "toleratedRatio": 1.5, "minRequests": 100},
+            }),
+        };
+        fx.ns
+            .apply(&rg("AnalysisTemplate", "analysistemplates"), json!({
+                "apiVersion": "rollguard.dev/v1alpha1", "kind": "AnalysisTemplate",
+                "metadata": {"name": "golden"},
+                "spec": {"metrics": [metric], "onInconclusive": sc.inconclusive.0, "inconclusiveLimit": sc.inconclusive.1},
+            }))
+            .await;
+        let mut spec = json!({
+            "targetRef": {"name": "web"},
+            "steps": sc.steps,
+            "analysis": {"templates": [{"name": "golden"}]},
+            "progressDeadline": "2m",
+            "recoveryWindow": "5s",
+            "escalation": {"receivers": ["pager"], "severity": "error"},
+        });
+        if sc.router != Router::Replicas {
+            spec["trafficRouter"] = traffic_router(sc.router);
+        }
+        if let Some(w) = sc.post_promotion_window {
+            spec["postPromotionWindow"] = json!(w);
+        }
+        fx.ns
+            .apply(
+                &rg("Rollout", "rollouts"),
+                json!({"apiVersion": "rollguard.dev/v1alpha1", "kind": "Rollout",
+                       "metadata": {"name": "web"}, "spec": spec}),
+            )
+            .await;
+        fx
+    }
 
-fn image_of(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers[0].image.clone())
-        .unwrap_or_default()
+    fn log(&self) -> String {
+        format!(
+            "{}/target/controller-e2e-{}.log",
+            env!("CARGO_MANIFEST_DIR"),
+            self.ns.name
+        )
+    }
+
+    fn controller(&self) -> ControllerProcess {
+        ControllerProcess::start(&self.log())
+    }
+
+    async fn status(&self) -> RolloutStatus {
+        self.rollouts
+            .get("web")
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .unwrap_or_default()
+    }
+
+    async fn wait_phase(
+        &self,
+        phase: RolloutPhase,
+        digest: Option<&str>,
+        timeout: Duration,
+    ) -> RolloutStatus {
+        let what = format!("Rollout web to be {phase:?} on {digest:?}");
+        let start = Instant::now();
+        loop {
+            let s = self.status().await;
+            let on = digest.is_none_or(|d| s.stable.as_ref().is_some_and(|r| r.digest == d));
+            if s.phase == Some(phase) && on {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}; status: {}",
+                serde_json::to_string_pretty(&s).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for the canary of the current target to run at its first step, weight verified.
+    async fn wait_first_step(&self) {
+        eventually("the canary at 10%", Duration::from_secs(90), || async {
+            let s = self.status().await;
+            (s.phase == Some(RolloutPhase::Progressing)
+                && s.canary_weight == Some(10)
+                && s.step_started_at.is_some())
+            .then_some(())
+        })
+        .await;
+    }
+
+    /// The canary's share of traffic in percent, as the route object (or the pod counts) say.
+    async fn canary_weight(&self) -> u64 {
+        let Some(ar) = route_resource(self.router) else {
+            let ready = |name: &'static str| async move {
+                self.deployments
+                    .get(name)
+                    .await
+                    .ok()
+                    .and_then(|d| d.status?.ready_replicas)
+                    .unwrap_or(0) as u64
+            };
+            let (c, s) = (ready("web-canary").await, ready("web-stable").await);
+            return (100 * c).checked_div(c + s).unwrap_or(0);
+        };
+        let route =
+            Api::<DynamicObject>::namespaced_with(self.ns.client.clone(), &self.ns.name, &ar)
+                .get("web")
+                .await
+                .expect("route");
+        let v = serde_json::to_value(route).expect("json");
+        let (backends, name_of): (&Value, fn(&Value) -> &Value) = match self.router {
+            Router::Gateway => (&v["spec"]["rules"][0]["backendRefs"], |b| &b["name"]),
+            Router::Istio => (
+                &v["spec"]["http"][0]["route"],
+                |b| &b["destination"]["host"],
+            ),
+            _ => (&v["spec"]["backends"], |b| &b["service"]),
+        };
+        let backends = backends.as_array().cloned().unwrap_or_default();
+        let weight = |b: &Value| b["weight"].as_u64().unwrap_or(0);
+        let total: u64 = backends.iter().map(weight).sum();
+        let canary: u64 = backends
+            .iter()
+            .filter(|b| name_of(b) == "web-canary")
+            .map(weight)
+            .sum();
+        (100 * canary).checked_div(total).unwrap_or(0)
+    }
+
+    async fn set_target(&self, digest: &str) {
+        self.ns
+            .apply(
+                &core_resource("apps/v1", "Deployment", "deployments"),
+                target(digest, self.replicas),
+            )
+            .await;
+    }
+
+    /// Gives the running pods of one arm a fault profile, as a bad version would behave.
+    async fn fault(&self, arm: &str, profile: &str) {
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&format!("rollguard.dev/arm={arm}")))
+            .await
+            .expect("pods");
+        assert!(!pods.items.is_empty(), "no {arm} pods to fault");
+        for p in pods.items {
+            let name = p.metadata.name.clone().expect("named");
+            self.pods
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {
+                        "sim.rollguard.dev/profile": profile}}})),
+                )
+                .await
+                .expect("fault profile");
+        }
+    }
+
+    async fn release(&self, digest: &str) -> Release {
+        self.releases
+            .get(&format!("web-{}", &digest[7..17]))
+            .await
+            .expect("release")
+    }
+
+    async fn release_phase(&self, digest: &str) -> Option<ReleasePhase> {
+        self.release(digest).await.status?.phase
+    }
+
+    async fn image(&self, deployment: &str) -> String {
+        let d = self.deployments.get(deployment).await.expect(deployment);
+        d.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers[0].image.clone())
+            .unwrap_or_default()
+    }
+
+    async fn replicas(&self, deployment: &str) -> Option<i32> {
+        self.deployments
+            .get(deployment)
+            .await
+            .ok()
+            .and_then(|d| d.spec?.replicas)
+    }
+
+    /// The first digest becomes stable; the target is scaled to zero.
+    async fn initialized(&self) {
+        self.wait_phase(RolloutPhase::Stable, Some(GOOD_A), Duration::from_secs(90))
+            .await;
+        eventually(
+            "the target scaled to zero",
+            Duration::from_secs(30),
+            || async { (self.replicas("web").await == Some(0)).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Deploys `digest` and waits for its promotion through every step; returns the status.
+    async fn promoted(&self, digest: &str, steps: usize) -> RolloutStatus {
+        let t0 = Instant::now();
+        self.set_target(digest).await;
+        let s = self
+            .wait_phase(RolloutPhase::Stable, Some(digest), Duration::from_secs(240))
+            .await;
+        println!("{:?}: promoted in {:.0?}", self.router, t0.elapsed());
+        let reasons: Vec<&str> = s.timeline.iter().map(|t| t.reason.as_str()).collect();
+        assert!(
+            reasons.contains(&"CanaryStarted") && reasons.contains(&"Promoted"),
+            "{reasons:?}"
+        );
+        let since_start = reasons
+            .iter()
+            .rposition(|r| *r == "CanaryStarted")
+            .unwrap_or(0);
+        assert_eq!(
+            reasons[since_start..]
+                .iter()
+                .filter(|r| **r == "WeightSet")
+                .count(),
+            steps,
+            "a verified weight for each step: {reasons:?}"
+        );
+        assert!(self.image("web-stable").await.ends_with(digest));
+        assert_eq!(self.canary_weight().await, 0);
+        assert_eq!(self.release_phase(digest).await, Some(ReleasePhase::Stable));
+        s
+    }
+
+    /// The route (or pods) back at 0% canary; returns how long it took.
+    async fn weight_back_to_zero(&self, timeout: Duration) -> Duration {
+        let onset = Instant::now();
+        eventually("the canary weight back to 0", timeout, || async {
+            (self.canary_weight().await == 0).then_some(())
+        })
+        .await;
+        onset.elapsed()
+    }
+
+    /// After a rollback of `bad` onto `stable`: what the issue asks of it.
+    async fn check_rolled_back(&self, bad: &str, stable: &str, metric: &str) -> RolloutStatus {
+        let rolled = self
+            .wait_phase(
+                RolloutPhase::RolledBack,
+                Some(stable),
+                Duration::from_secs(90),
+            )
+            .await;
+        let rb = rolled.rollback.clone().expect("saga recorded");
+        assert_eq!(rb.metric.as_deref(), Some(metric));
+        assert!(
+            rb.breach_at.is_some() && rb.weight_zero_at.is_some() && rb.recovered_at.is_some(),
+            "{rb:?}"
+        );
+        let steps: Vec<RollbackStep> = rb.completed.iter().map(|r| r.step).collect();
+        assert_eq!(
+            steps,
+            [
+                RollbackStep::ZeroWeights,
+                RollbackStep::EnsureStableCapacity,
+                RollbackStep::RestoreStable,
+                RollbackStep::MarkUnstable,
+                RollbackStep::Escalate,
+                RollbackStep::VerifyRecovery,
+            ],
+            "every saga step once, in order"
+        );
+        assert_eq!(self.canary_weight().await, 0);
+        assert_eq!(self.replicas("web-canary").await, Some(0));
+        assert!(
+            self.image("web-stable").await.ends_with(stable),
+            "the stable serves the stable digest"
+        );
+        let release = self.release(bad).await;
+        let status = release.status.clone().expect("status");
+        assert_eq!(status.phase, Some(ReleasePhase::Unstable));
+        let verdict = status.verdict.expect("verdict");
+        assert_eq!(verdict.metric.as_deref(), Some(metric));
+        let ev = &verdict.evidence[0];
+        assert_eq!(ev.verdict, "Fail");
+        // Scalar answers carry their values; histograms (by `le`) their counts above a boundary.
+        assert!(
+            !ev.queries.is_empty()
+                && (ev.counts.is_some() || ev.queries.iter().any(|q| q.value.is_some())),
+            "evidence carries the queries and what they measured: {ev:?}"
+        );
+        let name = release.metadata.name.clone().unwrap_or_default();
+        let incidents = |action: OutboxAction| {
+            rolled
+                .outbox
+                .iter()
+                .filter(|e| e.dedup_key.ends_with(&name) && e.action == action)
+                .count()
+        };
+        assert_eq!(incidents(OutboxAction::Trigger), 1, "exactly one incident");
+        assert_eq!(
+            incidents(OutboxAction::Resolve),
+            1,
+            "resolved once recovered"
+        );
+        rolled
+    }
+
+    async fn cleanup(self) {
+        let _ = Api::<DynamicObject>::all_with(
+            self.ns.client.clone(),
+            &rg("MetricProvider", "metricproviders"),
+        )
+        .delete(&self.provider, &Default::default())
+        .await;
+        self.ns.cleanup().await;
+    }
 }
 
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
-    let (ns, provider) = setup("ctl").await;
-    let log = format!(
-        "{}/target/controller-e2e-{}.log",
-        env!("CARGO_MANIFEST_DIR"),
-        ns.name
-    );
-    let _controller = ControllerProcess::start(&log);
-    let rollouts = Api::<Rollout>::namespaced(ns.client.clone(), &ns.name);
-    let deployments = Api::<Deployment>::namespaced(ns.client.clone(), &ns.name);
-    let releases = Api::<Release>::namespaced(ns.client.clone(), &ns.name);
-
-    // The first digest becomes stable; the target is scaled to zero.
-    wait_phase(
-        &rollouts,
-        RolloutPhase::Stable,
-        Some(GOOD_A),
-        Duration::from_secs(90),
-    )
-    .await;
-    eventually(
-        "the target scaled to zero",
-        Duration::from_secs(30),
-        || async {
-            let d = deployments.get("web").await.ok()?;
-            (d.spec?.replicas == Some(0)).then_some(())
-        },
-    )
-    .await;
-
-    // A good digest goes through 10% and 50% and is promoted by digest.
-    let t0 = Instant::now();
-    set_target(&ns, GOOD_B, None).await;
-    let promoted = wait_phase(
-        &rollouts,
-        RolloutPhase::Stable,
-        Some(GOOD_B),
-        Duration::from_secs(240),
-    )
-    .await;
-    println!("good release promoted in {:.0?}", t0.elapsed());
-    let steps: Vec<&str> = promoted
-        .timeline
-        .iter()
-        .map(|t| t.reason.as_str())
-        .collect();
-    assert!(
-        steps.contains(&"CanaryStarted") && steps.contains(&"Promoted"),
-        "{steps:?}"
-    );
+    let fx = Fixture::new("ctl", &Scenario::default()).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    fx.promoted(GOOD_B, 2).await;
     assert_eq!(
-        steps.iter().filter(|s| **s == "WeightSet").count(),
-        2,
-        "{steps:?}"
-    );
-    let stable = deployments.get("web-stable").await.expect("stable");
-    assert!(image_of(&stable).ends_with(GOOD_B));
-    assert_eq!(route_canary_weight(&ns.client, &ns.name).await, 0);
-    let phase_of = |name: String| {
-        let releases = releases.clone();
-        async move { releases.get(&name).await.ok().and_then(|r| r.status?.phase) }
-    };
-    assert_eq!(
-        phase_of(format!("web-{}", &GOOD_B[7..17])).await,
-        Some(ReleasePhase::Stable)
-    );
-    assert_eq!(
-        phase_of(format!("web-{}", &GOOD_A[7..17])).await,
+        fx.release_phase(GOOD_A).await,
         Some(ReleasePhase::Superseded)
     );
 
     // A bad digest: once the canary's 10% weight is verified, its pods start failing 10% of
     // requests. The rollback must zero the weight.
-    set_target(&ns, BAD_C, None).await;
-    eventually("the bad canary at 10%", Duration::from_secs(90), || async {
-        let s = status(&rollouts).await;
-        (s.phase == Some(RolloutPhase::Progressing)
-            && s.canary_weight == Some(10)
-            && s.step_started_at.is_some())
-        .then_some(())
-    })
-    .await;
-    let pods = Api::<Pod>::namespaced(ns.client.clone(), &ns.name);
-    let canary_pods = pods
-        .list(&ListParams::default().labels("rollguard.dev/arm=canary"))
-        .await
-        .expect("pods");
-    let onset = Instant::now();
-    for p in canary_pods.items {
-        let name = p.metadata.name.clone().expect("named");
-        pods.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-            "sim.rollguard.dev/profile": r#"{"errorRate": 0.1, "errorCode": 503}"#}}})),
-        )
-        .await
-        .expect("fault profile");
-    }
-    eventually(
-        "the canary weight back to 0",
-        Duration::from_secs(120),
-        || async { (route_canary_weight(&ns.client, &ns.name).await == 0).then_some(()) },
-    )
-    .await;
-    let to_zero = onset.elapsed();
+    fx.set_target(BAD_C).await;
+    fx.wait_first_step().await;
+    fx.fault("canary", ERRORS).await;
+    let to_zero = fx.weight_back_to_zero(Duration::from_secs(120)).await;
     println!("fault onset to verified weight 0: {to_zero:.1?}");
-    let rolled = wait_phase(
-        &rollouts,
-        RolloutPhase::RolledBack,
-        Some(GOOD_B),
-        Duration::from_secs(90),
-    )
-    .await;
-    let rb = rolled.rollback.clone().expect("saga recorded");
-    assert_eq!(rb.metric.as_deref(), Some("error-rate"));
+    let rolled = fx.check_rolled_back(BAD_C, GOOD_B, "error-rate").await;
+    let ev = &rolled.rollback.expect("saga").evidence[0];
     assert!(
-        rb.breach_at.is_some() && rb.weight_zero_at.is_some() && rb.recovered_at.is_some(),
-        "{rb:?}"
-    );
-    assert_eq!(rb.completed.len(), 6, "{:?}", rb.completed);
-    let canary = deployments.get("web-canary").await.expect("canary");
-    assert_eq!(canary.spec.and_then(|s| s.replicas), Some(0));
-    let stable = deployments.get("web-stable").await.expect("stable");
-    assert!(
-        image_of(&stable).ends_with(GOOD_B),
-        "the stable still serves the stable digest"
-    );
-    let bad = releases
-        .get(&format!("web-{}", &BAD_C[7..17]))
-        .await
-        .expect("bad release");
-    let bs = bad.status.expect("status");
-    assert_eq!(bs.phase, Some(ReleasePhase::Unstable));
-    let verdict = bs.verdict.expect("verdict");
-    assert_eq!(verdict.metric.as_deref(), Some("error-rate"));
-    let ev = &verdict.evidence[0];
-    assert_eq!(ev.verdict, "Fail");
-    assert!(
-        ev.counts.is_some()
-            && ev
-                .queries
-                .iter()
-                .any(|q| q.promql.contains("web-canary") && q.value.is_some()),
+        ev.counts.is_some() && ev.queries.iter().any(|q| q.promql.contains("web-canary")),
         "{ev:?}"
-    );
-    let incidents: Vec<_> = rolled
-        .outbox
-        .iter()
-        .filter(|e| {
-            e.dedup_key
-                .ends_with(&bad.metadata.name.clone().unwrap_or_default())
-        })
-        .collect();
-    assert_eq!(
-        incidents
-            .iter()
-            .filter(|e| format!("{:?}", e.action) == "Trigger")
-            .count(),
-        1,
-        "exactly one incident"
     );
 
     // Back to the good digest, then the bad one again: Blocked, no new canary pods.
-    set_target(&ns, GOOD_B, None).await;
-    wait_phase(
-        &rollouts,
-        RolloutPhase::Stable,
-        Some(GOOD_B),
-        Duration::from_secs(30),
-    )
-    .await;
-    set_target(&ns, BAD_C, None).await;
-    let blocked = wait_phase(
-        &rollouts,
-        RolloutPhase::Blocked,
-        None,
-        Duration::from_secs(30),
-    )
-    .await;
+    fx.set_target(GOOD_B).await;
+    fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(30))
+        .await;
+    fx.set_target(BAD_C).await;
+    let blocked = fx
+        .wait_phase(RolloutPhase::Blocked, None, Duration::from_secs(30))
+        .await;
     assert!(
         blocked
             .message
@@ -419,17 +599,440 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
         blocked.message
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let canary = deployments.get("web-canary").await.expect("canary");
     assert_eq!(
-        canary.spec.and_then(|s| s.replicas),
+        fx.replicas("web-canary").await,
         Some(0),
         "no canary for a blocked digest"
     );
-    assert_eq!(status(&rollouts).await.phase, Some(RolloutPhase::Blocked));
+    assert_eq!(fx.status().await.phase, Some(RolloutPhase::Blocked));
+    fx.cleanup().await;
+}
 
-    let _ =
-        Api::<DynamicObject>::all_with(ns.client.clone(), &rg("MetricProvider", "metricproviders"))
-            .delete(&provider, &Default::default())
-            .await;
-    ns.cleanup().await;
+/// Istio, SMI and replica ratio: a healthy canary goes through every step and is promoted.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn every_router_promotes_a_healthy_canary_through_every_step() {
+    for router in [Router::Istio, Router::Smi, Router::Replicas] {
+        let sc = Scenario {
+            router,
+            steps: json!([{"setWeight": 10, "duration": "3s"}, {"setWeight": 30, "duration": "3s"},
+                          {"setWeight": 50, "duration": "3s"}]),
+            ..Scenario::default()
+        };
+        let fx = Fixture::new(&format!("ctl-{router:?}").to_lowercase(), &sc).await;
+        let controller = fx.controller();
+        fx.initialized().await;
+        let s = fx.promoted(GOOD_B, 3).await;
+        let weights: Vec<&str> = s
+            .timeline
+            .iter()
+            .filter(|t| t.reason == "WeightSet")
+            .map(|t| t.message.as_str())
+            .collect();
+        println!("{router:?}: {weights:?}");
+        if router == Router::Replicas {
+            assert_eq!(fx.replicas("web-stable").await, Some(9));
+        }
+        drop(controller);
+        fx.cleanup().await;
+    }
+}
+
+/// A canary as fast as stable in errors but ten times slower is rolled back on latency alone.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_latency_only_regression_is_rolled_back() {
+    let sc = Scenario {
+        judgement: Judgement::Latency,
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("ctl-slow", &sc).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    fx.set_target(BAD_C).await;
+    fx.wait_first_step().await;
+    fx.fault("canary", SLOW).await;
+    let to_zero = fx.weight_back_to_zero(Duration::from_secs(120)).await;
+    println!("latency fault onset to verified weight 0: {to_zero:.1?}");
+    fx.check_rolled_back(BAD_C, GOOD_A, "latency").await;
+    fx.cleanup().await;
+}
+
+/// SIGKILL right after each saga step in turn, with a restart each time: the rollback completes,
+/// each step is recorded once, and there is exactly one incident.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_rollback_survives_sigkill_after_every_saga_step() {
+    let fx = Fixture::new("ctl-kill", &Scenario::default()).await;
+    let log = fx.log();
+    let first = fx.controller();
+    fx.initialized().await;
+    first.kill();
+    let steps = [
+        RollbackStep::ZeroWeights,
+        RollbackStep::EnsureStableCapacity,
+        RollbackStep::RestoreStable,
+        RollbackStep::MarkUnstable,
+        RollbackStep::Escalate,
+        RollbackStep::VerifyRecovery,
+    ];
+    let halting = |step: RollbackStep| {
+        ControllerProcess::start_with(&log, &[("ROLLGUARD_TEST_HALT_AFTER", &format!("{step:?}"))])
+    };
+    let mut controller = halting(steps[0]);
+    fx.set_target(BAD_C).await;
+    fx.wait_first_step().await;
+    fx.fault("canary", ERRORS).await;
+    for (i, step) in steps.iter().enumerate() {
+        let recorded = eventually(
+            &format!("saga step {step:?} recorded"),
+            Duration::from_secs(120),
+            || async {
+                let rb = fx.status().await.rollback?;
+                rb.completed.iter().any(|r| r.step == *step).then_some(rb)
+            },
+        )
+        .await;
+        // The controller halts right there: nothing further gets recorded before the kill.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rb = fx.status().await.rollback.expect("saga");
+        assert_eq!(rb.completed.len(), i + 1, "halted after {step:?}: {rb:?}");
+        assert_eq!(rb.completed, recorded.completed);
+        controller.kill();
+        println!("SIGKILL after {step:?}");
+        controller = match steps.get(i + 1) {
+            Some(next) => halting(*next),
+            None => fx.controller(),
+        };
+    }
+    fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
+    drop(controller);
+    fx.cleanup().await;
+}
+
+/// A Prometheus of the test's own, scraping the simulator every second, that can be stopped and
+/// started again on the same port and storage.
+struct OwnPrometheus {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnPrometheus {
+    async fn start(name: &str) -> OwnPrometheus {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("prometheus-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let sim = sim_url();
+        let sim = sim.trim_start_matches("http://");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n- job_name: rollguard-sim\n  static_configs:\n  - targets: ['{sim}']\n"
+            ),
+        )
+        .expect("config");
+        let mut p = OwnPrometheus {
+            port,
+            dir,
+            child: None,
+        };
+        p.resume().await;
+        p
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .expect("log");
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!(
+                "--config.file={}",
+                self.dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus");
+        self.child = Some(child);
+        let ready = format!("{}/-/ready", self.url());
+        eventually(
+            "the test's Prometheus ready",
+            Duration::from_secs(30),
+            || async {
+                let r = reqwest::get(&ready).await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnPrometheus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Prometheus stops mid-analysis: no promotion, and the Rollout pauses as its template says.
+/// Prometheus comes back: the analysis resumes and the canary is promoted.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn prometheus_down_mid_analysis_pauses_and_its_return_resumes() {
+    let mut prom = OwnPrometheus::start(&unique("ctl-prom")).await;
+    let sc = Scenario {
+        prometheus: prom.url(),
+        inconclusive: ("Pause", 2),
+        steps: json!([{"setWeight": 10, "duration": "12s"}, {"setWeight": 50, "duration": "4s"}]),
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("ctl-prom", &sc).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    fx.set_target(GOOD_B).await;
+    fx.wait_first_step().await;
+    prom.stop();
+    let paused = fx
+        .wait_phase(RolloutPhase::Paused, Some(GOOD_A), Duration::from_secs(60))
+        .await;
+    println!("paused: {:?}", paused.message);
+    let analysis = paused.analysis.clone().expect("analysis summary");
+    assert_eq!(analysis.decision, "Inconclusive", "{analysis:?}");
+    // Well past the step's duration: still paused, nothing promoted.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let s = fx.status().await;
+    assert_eq!(s.phase, Some(RolloutPhase::Paused));
+    assert_eq!(s.stable.as_ref().map(|r| r.digest.as_str()), Some(GOOD_A));
+    assert_eq!(fx.canary_weight().await, 10, "the canary keeps its weight");
+    prom.resume().await;
+    fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(120))
+        .await;
+    let reasons: Vec<String> = fx
+        .status()
+        .await
+        .timeline
+        .iter()
+        .map(|t| t.reason.clone())
+        .collect();
+    let at = |reason: &str| reasons.iter().position(|r| r == reason);
+    assert!(
+        at("AnalysisInconclusive").is_some()
+            && at("AnalysisInconclusive") < at("Resumed")
+            && at("Resumed") < at("Promoted"),
+        "paused, resumed, then promoted: {reasons:?}"
+    );
+    drop(prom);
+    fx.cleanup().await;
+}
+
+/// A promoted release that starts failing within its post-promotion window is rolled back: the
+/// previous digest goes back on the stable Deployment.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_failure_after_promotion_restores_the_previous_digest() {
+    let sc = Scenario {
+        post_promotion_window: Some("30s"),
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("ctl-post", &sc).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    // The verification compares with the stable before the rollout, over as long as the
+    // window; give it that history.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let promoted = fx.promoted(GOOD_B, 2).await;
+    assert!(promoted.verify_until.is_some(), "a window is open");
+    // The promoted digest's pods start failing after promotion.
+    eventually(
+        "the stable rolled onto B",
+        Duration::from_secs(30),
+        || async {
+            let pods = fx
+                .pods
+                .list(&ListParams::default().labels("rollguard.dev/arm=stable"))
+                .await
+                .ok()?;
+            pods.items
+                .iter()
+                .all(|p| {
+                    p.spec.as_ref().is_some_and(|s| {
+                        s.containers[0]
+                            .image
+                            .as_deref()
+                            .is_some_and(|i| i.ends_with(GOOD_B))
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let onset = Instant::now();
+    fx.fault("stable", ERRORS).await;
+    eventually(
+        "the previous digest back on web-stable",
+        Duration::from_secs(90),
+        || async { fx.image("web-stable").await.ends_with(GOOD_A).then_some(()) },
+    )
+    .await;
+    println!(
+        "post-promotion fault to previous digest restored: {:.1?}",
+        onset.elapsed()
+    );
+    let rolled = fx
+        .wait_phase(
+            RolloutPhase::RolledBack,
+            Some(GOOD_A),
+            Duration::from_secs(90),
+        )
+        .await;
+    let rb = rolled.rollback.expect("saga");
+    assert_eq!(rb.release, format!("web-{}", &GOOD_B[7..17]));
+    assert!(rb.reason.contains("after promotion"), "{}", rb.reason);
+    assert_eq!(fx.release_phase(GOOD_B).await, Some(ReleasePhase::Unstable));
+    let ev = &fx
+        .release(GOOD_B)
+        .await
+        .status
+        .and_then(|s| s.verdict)
+        .expect("verdict")
+        .evidence[0];
+    assert!(
+        ev.queries.iter().any(|q| q.promql.contains("offset")),
+        "the baseline is the stable before the rollout: {ev:?}"
+    );
+    fx.cleanup().await;
+}
+
+/// Another writer keeps changing the route while the controller steps the weights: the
+/// controller's guarded patches conflict, re-read and converge, and the other writer's fields
+/// survive.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_concurrent_route_writer_conflicts_and_keeps_its_fields() {
+    let sc = Scenario {
+        steps: json!([{"setWeight": 10, "duration": "2s"}, {"setWeight": 30, "duration": "2s"},
+                      {"setWeight": 50, "duration": "2s"}]),
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("ctl-409", &sc).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    let ar = route_resource(Router::Gateway).expect("route");
+    let routes = Api::<DynamicObject>::namespaced_with(fx.ns.client.clone(), &fx.ns.name, &ar);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (routes, stop) = (routes.clone(), stop.clone());
+        tokio::spawn(async move {
+            // Back to back, bounded: at most 20,000 writes, or until told to stop.
+            let mut writes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && writes < 20_000 {
+                let patch = json!([
+                    {"op": "add", "path": "/metadata/annotations/other-writer~1generation", "value": writes.to_string()},
+                    {"op": "add", "path": "/spec/rules/0/timeouts", "value": {"request": "7s"}},
+                ]);
+                let _ = routes
+                    .patch(
+                        "web",
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
+                    )
+                    .await;
+                writes += 1;
+                tokio::task::yield_now().await;
+            }
+            writes
+        })
+    };
+    fx.promoted(GOOD_B, 3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.expect("writer");
+    let route = serde_json::to_value(routes.get("web").await.expect("route")).expect("json");
+    assert_eq!(route["spec"]["rules"][0]["timeouts"]["request"], "7s");
+    assert!(route["metadata"]["annotations"]["other-writer/generation"].is_string());
+    assert_eq!(route["spec"]["parentRefs"][0]["name"], "public");
+    let log = std::fs::read_to_string(fx.log()).unwrap_or_default();
+    let conflicts = log.matches("route changed under the patch").count();
+    println!(
+        "{writes} writes by the other writer; {conflicts} conflicts re-read by the controller"
+    );
+
+    // The race made certain: a weight patch computed from a read that another write has
+    // overtaken is refused by the apiserver, and the router, reading again, still lands it.
+    let arms = Arms {
+        stable: "web-stable".into(),
+        canary: "web-canary".into(),
+        baseline: None,
+        subsets: None,
+        only: Vec::new(),
+    };
+    let stale = serde_json::to_value(routes.get("web").await.expect("route")).expect("json");
+    routes
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"other-writer/generation": "last"}}}),
+            ),
+        )
+        .await
+        .expect("the other write");
+    let wanted = Weights {
+        canary: 20,
+        baseline: 0,
+    };
+    let ops = weights::patch(RouteKind::HttpRoute, &stale, &arms, wanted).expect("ops");
+    let refused = routes
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::<()>::Json(serde_json::from_value(json!(ops)).expect("patch")),
+        )
+        .await
+        .expect_err("a patch guarded by an overtaken resourceVersion");
+    match &refused {
+        kube::Error::Api(s) => {
+            println!("a stale guarded patch is refused with HTTP {}", s.code);
+            assert_eq!(s.code, 422, "{s:?}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let router = MeshRouter::new(
+        fx.ns.client.clone(),
+        &fx.ns.name,
+        RouteKind::HttpRoute,
+        "web",
+        arms,
+    );
+    assert_eq!(router.set(wanted).await.expect("set"), wanted);
+    let route = serde_json::to_value(routes.get("web").await.expect("route")).expect("json");
+    assert_eq!(
+        route["metadata"]["annotations"]["other-writer/generation"],
+        "last"
+    );
+    assert_eq!(route["spec"]["rules"][0]["timeouts"]["request"], "7s");
+    fx.cleanup().await;
 }

@@ -171,6 +171,47 @@ pub fn render(
     Ok(rendered)
 }
 
+/// The same query looking `seconds` into the past: every selector (or subquery) gets that much
+/// more `offset`. The post-promotion verification compares the promoted stable with itself
+/// before the rollout this way.
+pub fn shift_back(promql: &str, seconds: u64) -> Result<String, RenderError> {
+    let mut ast = promql_parser::parser::parse(promql).map_err(RenderError::Parse)?;
+    shift(&mut ast, std::time::Duration::from_secs(seconds));
+    Ok(ast.to_string())
+}
+
+fn shift(expr: &mut promql_parser::parser::Expr, by: std::time::Duration) {
+    use promql_parser::parser::{Expr, Offset};
+    let later = |offset: &mut Option<Offset>| {
+        *offset = Some(match offset.take() {
+            None => Offset::Pos(by),
+            Some(Offset::Pos(d)) => Offset::Pos(d + by),
+            Some(Offset::Neg(d)) if d > by => Offset::Neg(d - by),
+            Some(Offset::Neg(d)) => Offset::Pos(by - d),
+        });
+    };
+    match expr {
+        Expr::VectorSelector(vs) => later(&mut vs.offset),
+        Expr::MatrixSelector(ms) => later(&mut ms.vs.offset),
+        // A subquery's offset moves everything inside it.
+        Expr::Subquery(sq) => later(&mut sq.offset),
+        Expr::Aggregate(a) => {
+            shift(&mut a.expr, by);
+            if let Some(p) = a.param.as_mut() {
+                shift(p, by);
+            }
+        }
+        Expr::Unary(u) => shift(&mut u.expr, by),
+        Expr::Paren(p) => shift(&mut p.expr, by),
+        Expr::Binary(b) => {
+            shift(&mut b.lhs, by);
+            shift(&mut b.rhs, by);
+        }
+        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| shift(a, by)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
 /// Checks a template without values: placeholders known, strings quoted, and the query (with
 /// probe values) parses. Used by lint.
 pub fn check_template(
@@ -366,6 +407,38 @@ fn skeleton(canonical: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifting_back_offsets_every_selector_once() {
+        let cases = [
+            (
+                r#"sum(rate(x{a="1"}[1m]))"#,
+                r#"sum(rate(x{a="1"}[1m] offset 1m30s))"#,
+            ),
+            (
+                r#"sum(x{a=~"5.."}) / sum(y offset 1m)"#,
+                r#"sum(x{a=~"5.."} offset 1m30s) / sum(y offset 2m30s)"#,
+            ),
+            (
+                "max_over_time(rate(x[1m])[10m:1m])",
+                "max_over_time(rate(x[1m])[10m:1m] offset 1m30s)",
+            ),
+            (
+                "histogram_quantile(0.9, sum by (le) (b))",
+                "histogram_quantile(0.9, sum by (le) (b offset 1m30s))",
+            ),
+            ("x offset -2m", "x offset -30s"),
+            ("x offset -1m", "x offset 30s"),
+        ];
+        for (q, want) in cases {
+            let got = shift_back(q, 90).expect("parses");
+            let canonical = promql_parser::parser::parse(want)
+                .expect("want parses")
+                .to_string();
+            assert_eq!(got, canonical, "{q}");
+        }
+        assert!(matches!(shift_back("sum(", 60), Err(RenderError::Parse(_))));
+    }
 
     fn types(pairs: &[(&str, ArgumentType)]) -> BTreeMap<String, ArgumentType> {
         pairs.iter().map(|(n, t)| (n.to_string(), *t)).collect()

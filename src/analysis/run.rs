@@ -20,7 +20,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::judge::{Answer, Arm, Judge, Outcome, Problem, Role};
-use super::render::{Bindings, RenderError, bind_args, render};
+use super::render::{Bindings, RenderError, bind_args, render, shift_back};
 use super::source::{MetricSource, SourceError};
 use super::verdict::Verdict;
 use crate::api::analysis::{
@@ -64,6 +64,9 @@ pub struct Target {
     /// The Deployment names `{{arm}}` takes for each arm.
     pub canary: String,
     pub baseline: String,
+    /// When set, the baseline's queries look this many seconds into the past (the promoted
+    /// stable judged against itself before the rollout).
+    pub baseline_offset: Option<u64>,
     /// The Rollout's argument values.
     pub args: Vec<(String, String)>,
 }
@@ -178,8 +181,13 @@ impl AnalysisRun {
                     namespace: target.namespace.clone(),
                     args: args.clone(),
                 };
-                let promql = render(template, &bindings, &types)
-                    .map_err(|e| ConfigError::render(query_path(i, metric, role), &e))?;
+                let path = || query_path(i, metric, role);
+                let mut promql = render(template, &bindings, &types)
+                    .map_err(|e| ConfigError::render(path(), &e))?;
+                if let (Arm::Baseline, Some(seconds)) = (arm, target.baseline_offset) {
+                    promql = shift_back(&promql, seconds)
+                        .map_err(|e| ConfigError::render(path(), &e))?;
+                }
                 queries.push((arm, role, promql));
             }
             metrics.push(MetricRun {
@@ -369,6 +377,7 @@ mod tests {
             namespace: "shop".into(),
             canary: "checkout-canary".into(),
             baseline: "checkout-stable".into(),
+            baseline_offset: None,
             args: vec![("service".into(), "checkout".into())],
         }
     }
@@ -404,6 +413,32 @@ mod tests {
         let q = run.queries();
         assert_eq!(q[0].1[0].2, r#"x{pod=~"checkout-canary-.*", ns="shop"}"#);
         assert_eq!(q[0].1[1].2, r#"x{pod=~"checkout-stable-.*", ns="shop"}"#);
+    }
+
+    #[test]
+    fn an_offset_baseline_looks_into_the_past_and_the_canary_does_not() {
+        let mut t = target();
+        t.baseline = t.canary.clone();
+        t.baseline_offset = Some(600);
+        let run = AnalysisRun::new(
+            &spec(serde_json::json!([{
+                "name": "errors", "provider": "prom",
+                "errorRate": {"requests": "sum(r{a=\"{{arm}}\"})", "errors": "sum(e{a=\"{{arm}}\"})"}
+            }])),
+            &t,
+        )
+        .expect("run");
+        let q = run.queries();
+        let rendered: Vec<(Arm, &str)> = q[0].1.iter().map(|r| (r.0, r.2)).collect();
+        assert_eq!(
+            rendered,
+            [
+                (Arm::Canary, r#"sum(r{a="checkout-canary"})"#),
+                (Arm::Canary, r#"sum(e{a="checkout-canary"})"#),
+                (Arm::Baseline, r#"sum(r{a="checkout-canary"} offset 10m)"#),
+                (Arm::Baseline, r#"sum(e{a="checkout-canary"} offset 10m)"#),
+            ]
+        );
     }
 
     #[test]

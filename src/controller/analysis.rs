@@ -17,10 +17,19 @@ use crate::backtest::format_time;
 use crate::rollout::machine::{AnalysisView, Arm};
 use crate::rollout::workload::arm_name;
 
+/// What a run judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// The canary against the stable pods or the fresh baseline, both serving now.
+    Canary,
+    /// The promoted stable against itself `offset` seconds ago, before the rollout began.
+    PromotedStable { offset: u64 },
+}
+
 /// One canary's analysis, kept between reconciles.
 pub struct LiveRun {
-    /// The Release being judged; a different canary starts a new run.
-    pub release: String,
+    /// What is judged: the canary's Release, or `verify/<release>` after a promotion.
+    pub id: String,
     runs: Vec<(String, AnalysisRun)>,
     sources: HashMap<String, PrometheusSource>,
     /// Providers that could not be used, with why; their metrics fail to query.
@@ -31,25 +40,39 @@ pub struct LiveRun {
 
 impl LiveRun {
     /// Loads the Rollout's templates, binds them to the arms, and connects their providers.
+    /// `id` names the run: a different canary, or a verification, starts a new one.
     pub async fn start(
         client: &Client,
         controller_namespace: &str,
         rollout: &Rollout,
-        release: &str,
+        id: &str,
+        judged: Judged,
     ) -> Result<LiveRun, String> {
         let namespace = rollout.metadata.namespace.clone().unwrap_or_default();
         let name = rollout.metadata.name.clone().unwrap_or_default();
         let Some(analysis) = &rollout.spec.analysis else {
             return Err("the Rollout has no analysis".into());
         };
-        let baseline = match rollout.spec.baseline {
-            BaselineMode::Stable => arm_name(&name, Arm::Stable),
-            BaselineMode::Fresh => arm_name(&name, Arm::Baseline),
+        let (canary, baseline, baseline_offset) = match judged {
+            Judged::Canary => (
+                arm_name(&name, Arm::Canary),
+                match rollout.spec.baseline {
+                    BaselineMode::Stable => arm_name(&name, Arm::Stable),
+                    BaselineMode::Fresh => arm_name(&name, Arm::Baseline),
+                },
+                None,
+            ),
+            Judged::PromotedStable { offset } => (
+                arm_name(&name, Arm::Stable),
+                arm_name(&name, Arm::Stable),
+                Some(offset),
+            ),
         };
         let target = Target {
             namespace: namespace.clone(),
-            canary: arm_name(&name, Arm::Canary),
+            canary,
             baseline,
+            baseline_offset,
             args: analysis
                 .args
                 .iter()
@@ -100,7 +123,7 @@ impl LiveRun {
             }
         }
         Ok(LiveRun {
-            release: release.to_owned(),
+            id: id.to_owned(),
             runs,
             sources,
             broken,

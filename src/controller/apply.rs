@@ -73,13 +73,9 @@ impl<'a> Applier<'a> {
                 replicas,
             } => self.apply_arm(*arm, release, *replicas).await,
             Action::ScaleArm { arm, replicas } => {
-                self.scale(&arm_name(&self.name, *arm), *replicas, true)
-                    .await
+                self.scale(&arm_name(&self.name, *arm), *replicas).await
             }
-            Action::ScaleTarget => {
-                self.scale(&self.ro.spec.target_ref.name.clone(), 0, false)
-                    .await
-            }
+            Action::ScaleTarget => self.scale(&self.ro.spec.target_ref.name.clone(), 0).await,
             Action::SetWeights { canary, baseline } => {
                 self.set_weights(Weights {
                     canary: *canary,
@@ -256,14 +252,15 @@ impl<'a> Applier<'a> {
             .map_err(|e| format!("applying Deployment {name}: {e}"))
     }
 
-    async fn scale(&self, name: &str, replicas: i32, owned: bool) -> Result<(), String> {
+    /// Scales a Deployment; a missing one already has no replicas.
+    async fn scale(&self, name: &str, replicas: i32) -> Result<(), String> {
         let api = self.deployments();
         let Some(d) = api
             .get_opt(name)
             .await
             .map_err(|e| format!("Deployment {name}: {e}"))?
         else {
-            return if replicas == 0 || !owned {
+            return if replicas == 0 {
                 Ok(())
             } else {
                 Err(format!("Deployment {name} does not exist"))

@@ -28,10 +28,15 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::api::Rollout;
 use crate::api::release::Release;
 use crate::api::rollout::{RolloutPhase, RolloutStatus};
-use crate::rollout::machine::{Observed, ReleaseView, Request, TargetView, decide, failed};
-use crate::rollout::workload::{REQUEST_ANNOTATION, ROLLOUT_LABEL, Workload, arm_name, artifact};
+use crate::rollout::machine::{
+    InvalidRequest, Observed, ReleaseView, Request, TargetView, decide, failed,
+    verify_baseline_offset,
+};
+use crate::rollout::workload::{
+    REQUEST_ANNOTATION, ROLLOUT_LABEL, Workload, arm_name, artifact, fingerprint,
+};
 use crate::rollout::{AnalysisView, Arm};
-use analysis::LiveRun;
+use analysis::{Judged, LiveRun};
 
 /// Settings of `rollguard controller`.
 #[derive(Clone, Debug)]
@@ -201,10 +206,12 @@ async fn observe(ro: &Rollout, ctx: &Context) -> Result<Observed, Error> {
         .into_iter()
         .map(|r| release_view(&r))
         .collect();
-    let request = ro
-        .annotations()
-        .get(REQUEST_ANNOTATION)
-        .and_then(|text| serde_json::from_str::<Request>(text).ok());
+    let request = ro.annotations().get(REQUEST_ANNOTATION).map(|text| {
+        serde_json::from_str::<Request>(text).map_err(|e| InvalidRequest {
+            id: format!("invalid-{}", fingerprint(text)),
+            why: e.to_string(),
+        })
+    });
     Ok(Observed {
         now: crate::backtest::unix_now(),
         generation: ro.meta().generation,
@@ -233,19 +240,27 @@ pub fn release_view(r: &Release) -> ReleaseView {
     }
 }
 
-/// The canary's analysis, measured now, when a canary is live with its weight in effect.
+/// The analysis, measured now: of the canary while it is live with its weight in effect, or of
+/// the promoted stable during its post-promotion window.
 async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
     ro.spec.analysis.as_ref()?;
     let status = ro.status.clone().unwrap_or_default();
-    let canary = status.canary.as_ref()?;
-    let live = matches!(
-        status.phase,
-        Some(RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Promoting)
-    );
-    if !live || (status.step_started_at.is_none() && status.phase != Some(RolloutPhase::Promoting))
-    {
-        return None;
-    }
+    let now = crate::backtest::unix_now();
+    let (id, judged) = match (status.phase, verify_baseline_offset(&status, now)) {
+        (Some(RolloutPhase::Stable), Some(offset)) => (
+            format!("verify/{}", status.stable.as_ref()?.release),
+            Judged::PromotedStable { offset },
+        ),
+        (Some(RolloutPhase::Progressing | RolloutPhase::Paused), _)
+            if status.step_started_at.is_some() =>
+        {
+            (status.canary.as_ref()?.release.clone(), Judged::Canary)
+        }
+        (Some(RolloutPhase::Promoting), _) => {
+            (status.canary.as_ref()?.release.clone(), Judged::Canary)
+        }
+        _ => return None,
+    };
     let slot = ctx
         .runs
         .lock()
@@ -254,8 +269,8 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
         .or_default()
         .clone();
     let mut slot = slot.lock().await;
-    if slot.as_ref().is_none_or(|r| r.release != canary.release) {
-        match LiveRun::start(&ctx.client, &ctx.settings.namespace, ro, &canary.release).await {
+    if slot.as_ref().is_none_or(|r| r.id != id) {
+        match LiveRun::start(&ctx.client, &ctx.settings.namespace, ro, &id, judged).await {
             Ok(run) => {
                 for (p, why) in run.broken() {
                     publish(ctx, ro, true, "ProviderUnavailable", &format!("{p}: {why}")).await;
@@ -270,7 +285,7 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
     }
     let run = slot.as_mut()?;
     let started = std::time::Instant::now();
-    let view = run.measure(crate::backtest::unix_now()).await;
+    let view = run.measure(now).await;
     ctx.metrics
         .analysis_seconds(started.elapsed().as_secs_f64());
     Some(view)
@@ -331,6 +346,8 @@ async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Requeue, Error
             next = failed(&name, &ro.spec, &status, &e.to_string(), obs.now);
         }
         record(&api, &ro, &next).await?;
+        #[cfg(debug_assertions)]
+        halt_for_tests(&status, &next).await;
         ctx.metrics.observe(&ns, &name, &status, &next);
         for note in &plan.notes {
             if result.is_ok() {
@@ -351,6 +368,25 @@ async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Requeue, Error
         }
     }
     Ok(Requeue::requeue(Duration::from_millis(100)))
+}
+
+/// Fault injection for the end-to-end tests, in debug builds only: with
+/// `ROLLGUARD_TEST_HALT_AFTER=<saga step>`, the reconcile that has just recorded that step as
+/// done stops there for good, so that the test can SIGKILL the process at exactly that point.
+#[cfg(debug_assertions)]
+async fn halt_for_tests(before: &RolloutStatus, after: &RolloutStatus) {
+    let Ok(step) = std::env::var("ROLLGUARD_TEST_HALT_AFTER") else {
+        return;
+    };
+    let done = |s: &RolloutStatus| {
+        s.rollback
+            .as_ref()
+            .is_some_and(|rb| rb.completed.iter().any(|r| format!("{:?}", r.step) == step))
+    };
+    if done(after) && !done(before) {
+        tracing::warn!("halting after saga step {step} (ROLLGUARD_TEST_HALT_AFTER)");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Records the status with server-side apply: fields the plan dropped are removed.

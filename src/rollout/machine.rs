@@ -9,7 +9,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::workload::{Artifact, Workload, canary_replicas, release_name, short_digest};
+use super::workload::{
+    Artifact, REQUEST_ANNOTATION, Workload, canary_replicas, release_name, short_digest,
+};
 use crate::analysis::run::Decision;
 use crate::api::analysis::InconclusiveAction;
 use crate::api::common::Condition;
@@ -114,7 +116,16 @@ pub struct Observed {
     pub baseline: Option<Workload>,
     pub releases: Vec<ReleaseView>,
     pub analysis: Option<AnalysisView>,
-    pub request: Option<Request>,
+    /// The request annotation, or why it could not be read.
+    pub request: Option<Result<Request, InvalidRequest>>,
+}
+
+/// A request annotation that does not parse. It is warned about once: `id` is its text's
+/// fingerprint, acknowledged like a request's id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvalidRequest {
+    pub id: String,
+    pub why: String,
 }
 
 /// One thing for the controller to do. Each is idempotent.
@@ -254,6 +265,15 @@ pub fn failed(
 }
 
 /// The incident's dedup key: the same for a Release across restarts and retries.
+/// While a post-promotion window is open: how far back the verification's baseline looks, in
+/// seconds, so that it sees the previous stable serving alone before the canary started (the
+/// whole window long). None outside a window.
+pub fn verify_baseline_offset(status: &RolloutStatus, now: i64) -> Option<u64> {
+    let until = parse_at(status.verify_until.as_deref())?;
+    let started = parse_at(status.canary_started_at.as_deref())?;
+    (now < until && status.previous_stable.is_some()).then(|| (until - started).max(1) as u64)
+}
+
 pub fn dedup_key(rollout: &str, release: &str) -> String {
     format!("rollguard/{rollout}/{release}")
 }
@@ -347,11 +367,28 @@ impl Planner<'_> {
         {
             self.act(Action::ScaleTarget);
         }
-        if let Some(req) = self.obs.request.clone()
-            && self.status.acknowledged_request.as_deref() != Some(req.id.as_str())
+        let id = match &self.obs.request {
+            Some(Ok(req)) => Some(req.id.clone()),
+            Some(Err(bad)) => Some(bad.id.clone()),
+            None => None,
+        };
+        if let Some(id) = id
+            && self.status.acknowledged_request.as_deref() != Some(id.as_str())
         {
-            self.status.acknowledged_request = Some(req.id.clone());
-            self.request(&req);
+            self.status.acknowledged_request = Some(id);
+            match self.obs.request.clone() {
+                Some(Ok(req)) => self.request(&req),
+                Some(Err(bad)) => self.note(
+                    true,
+                    "RequestInvalid",
+                    format!(
+                        "annotation {REQUEST_ANNOTATION} is ignored: {}; use `rollguard \
+                         promote|abort|pause|resume`",
+                        bad.why
+                    ),
+                ),
+                None => {}
+            }
         }
         match self.phase() {
             RolloutPhase::Initializing => self.initialize(),
@@ -475,6 +512,32 @@ impl Planner<'_> {
         }
     }
 
+    /// Within the post-promotion window: a failing verification restores the previous digest.
+    fn verify_failed(&mut self) -> bool {
+        let Some(a) = self.obs.analysis.clone() else {
+            return false;
+        };
+        self.status.analysis = Some(a.summary.clone());
+        let (reason, metric, breach, evidence) = match &a.decision {
+            Decision::Fail { metric, reason, .. } => (
+                format!("metric {metric} failed after promotion: {reason}"),
+                metric,
+                a.first_fail_at,
+                failing(&a.summary),
+            ),
+            // A release that passed its canary is not rolled back without evidence: a metric
+            // that cannot be measured after promotion (say, no history before the rollout to
+            // compare with) leaves it in place.
+            _ => return false,
+        };
+        if !self.in_verify_window() {
+            return false;
+        }
+        let metric = Some(metric.clone());
+        self.begin_post_promotion_rollback(reason, metric, breach, evidence);
+        true
+    }
+
     fn in_verify_window(&self) -> bool {
         parse_at(self.status.verify_until.as_deref()).is_some_and(|until| self.now() < until)
             && self.status.previous_stable.is_some()
@@ -556,13 +619,22 @@ impl Planner<'_> {
         if let Some(until) = parse_at(self.status.verify_until.as_deref()) {
             if self.now() >= until {
                 self.status.verify_until = None;
+                self.act(Action::ResetAnalysis);
                 self.note(
                     false,
                     "VerificationPassed",
                     format!("{} held through the post-promotion window", stable.release),
                 );
             } else {
-                self.requeue = (until - self.now()).clamp(1, 30) as u64;
+                if self.verify_failed() {
+                    return;
+                }
+                // Measured as often as during the canary while the window lasts.
+                self.requeue = if self.spec.analysis.is_some() {
+                    1
+                } else {
+                    (until - self.now()).clamp(1, 30) as u64
+                };
             }
         }
         let Some(artifact) = self.target_artifact() else {
@@ -1601,6 +1673,14 @@ mod tests {
         }
     }
 
+    fn pass() -> AnalysisView {
+        AnalysisView {
+            decision: Decision::Pass,
+            summary: AnalysisSummary::default(),
+            first_fail_at: None,
+        }
+    }
+
     fn fail(critical: bool) -> AnalysisView {
         AnalysisView {
             decision: Decision::Fail {
@@ -1773,11 +1853,7 @@ mod tests {
             templates: vec![],
             args: vec![],
         });
-        o.analysis = Some(AnalysisView {
-            decision: Decision::Pass,
-            summary: AnalysisSummary::default(),
-            first_fail_at: None,
-        });
+        o.analysis = Some(pass());
         o.now = 1020;
         assert_eq!(
             decide("c", &sp, &s, &o).status.current_step,
@@ -1795,11 +1871,7 @@ mod tests {
             Some(0),
             "not enough evidence"
         );
-        o.analysis = Some(AnalysisView {
-            decision: Decision::Pass,
-            summary: AnalysisSummary::default(),
-            first_fail_at: None,
-        });
+        o.analysis = Some(pass());
         let plan = decide("c", &sp, &s, &o);
         assert_eq!(plan.status.current_step, Some(1));
         assert_eq!(plan.status.step_started_at, None);
@@ -2115,15 +2187,35 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_request_is_warned_about_once() {
+        let (s, mut o) = progressing();
+        o.request = Some(Err(InvalidRequest {
+            id: "invalid-1".into(),
+            why: "missing field `action`".into(),
+        }));
+        let plan = decide("c", &spec(), &s, &o);
+        let warned: Vec<&Note> = plan
+            .notes
+            .iter()
+            .filter(|n| n.reason == "RequestInvalid")
+            .collect();
+        assert_eq!(warned.len(), 1);
+        assert!(warned[0].warning && warned[0].message.contains("missing field"));
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Progressing));
+        let again = decide("c", &spec(), &plan.status, &o);
+        assert!(again.notes.iter().all(|n| n.reason != "RequestInvalid"));
+    }
+
+    #[test]
     fn requests_are_acted_on_once() {
         let (s, o) = progressing();
         let mut o = o;
-        o.request = Some(Request {
+        o.request = Some(Ok(Request {
             id: "r1".into(),
             action: RequestAction::Pause,
             by: "alice".into(),
             reason: None,
-        });
+        }));
         let paused = decide("c", &spec(), &s, &o).status;
         assert_eq!(paused.phase, Some(RolloutPhase::Paused));
         assert_eq!(paused.paused_by.as_deref(), Some("alice"));
@@ -2131,12 +2223,12 @@ mod tests {
             decide("c", &spec(), &paused, &o).status.phase,
             Some(RolloutPhase::Paused)
         );
-        o.request = Some(Request {
+        o.request = Some(Ok(Request {
             id: "r2".into(),
             action: RequestAction::Abort,
             by: "bob".into(),
             reason: Some("pager noise".into()),
-        });
+        }));
         let aborted = decide("c", &spec(), &paused, &o);
         assert_eq!(aborted.status.phase, Some(RolloutPhase::RollingBack));
         assert_eq!(
@@ -2153,8 +2245,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_abort_in_the_post_promotion_window_restores_the_previous_digest() {
+    /// NEW promoted at t=2000 (its canary started at t=1000) with a window until t=5000.
+    fn in_verify_window() -> (RolloutStatus, Observed) {
         let mut s = stable_status();
         let new_ref = ReleaseRef {
             release: release_name("c", NEW),
@@ -2162,21 +2254,20 @@ mod tests {
             short_digest: short_digest(NEW),
         };
         s.previous_stable = s.stable.replace(new_ref);
+        s.canary_started_at = Some(format_time(1000));
         s.verify_until = Some(format_time(5000));
         let mut o = observed(NEW, 3000);
         o.stable = Some(workload(&release_name("c", NEW), NEW, 4));
-        o.request = Some(Request {
-            id: "r".into(),
-            action: RequestAction::Abort,
-            by: "ic".into(),
-            reason: None,
-        });
-        let mut status = decide("c", &spec(), &s, &o).status;
+        (s, o)
+    }
+
+    /// Runs a few passes from `status` and says whether OLD went back on the stable Deployment.
+    fn restores_old(mut status: RolloutStatus, o: &mut Observed) -> bool {
         assert_eq!(status.stable.as_ref().map(|r| r.digest.as_str()), Some(OLD));
         let mut restored = false;
         for t in 0..6 {
             o.now = 3001 + t;
-            let plan = decide("c", &spec(), &status, &o);
+            let plan = decide("c", &spec(), &status, o);
             restored |= plan.actions.contains(&Action::ApplyArm {
                 arm: Arm::Stable,
                 release: release_name("c", OLD),
@@ -2184,10 +2275,71 @@ mod tests {
             });
             status = plan.status;
         }
+        restored
+    }
+
+    #[test]
+    fn an_abort_in_the_post_promotion_window_restores_the_previous_digest() {
+        let (s, mut o) = in_verify_window();
+        o.request = Some(Ok(Request {
+            id: "r".into(),
+            action: RequestAction::Abort,
+            by: "ic".into(),
+            reason: None,
+        }));
+        let status = decide("c", &spec(), &s, &o).status;
+        o.request = None;
         assert!(
-            restored,
+            restores_old(status, &mut o),
             "the previous stable digest goes back on the stable Deployment"
         );
+    }
+
+    #[test]
+    fn a_failing_verification_in_the_window_restores_the_previous_digest() {
+        let (s, mut o) = in_verify_window();
+        // The verification's baseline looks back to before the canary started, the window long.
+        assert_eq!(verify_baseline_offset(&s, 3000), Some(4000));
+        assert_eq!(verify_baseline_offset(&s, 5000), None);
+        // Passing or still collecting: nothing happens.
+        for view in [None, Some(pass())] {
+            o.analysis = view;
+            let plan = decide("c", &spec(), &s, &o);
+            assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+            assert!(plan.status.rollback.is_none());
+        }
+        // Inconclusive (say, no history before the rollout) leaves the promoted release alone.
+        o.analysis = Some(AnalysisView {
+            decision: Decision::Inconclusive {
+                metric: "error-rate".into(),
+                reason: "baseline: no data".into(),
+                action: InconclusiveAction::Rollback,
+            },
+            ..pass()
+        });
+        assert!(decide("c", &spec(), &s, &o).status.rollback.is_none());
+        // Any acting Fail rolls back, critical or not.
+        o.analysis = Some(fail(false));
+        let plan = decide("c", &spec(), &s, &o);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::RollingBack));
+        let rb = plan.status.rollback.clone().expect("saga");
+        assert_eq!(rb.release, release_name("c", NEW));
+        assert_eq!(rb.metric.as_deref(), Some("error-rate"));
+        assert_eq!(rb.breach_at, Some(format_time(1000)));
+        assert!(rb.reason.contains("after promotion"), "{}", rb.reason);
+        assert!(
+            restores_old(plan.status, &mut o),
+            "the previous stable digest goes back on the stable Deployment"
+        );
+        // After the window, a Fail is ignored (the run is dropped with the window).
+        let mut late = s.clone();
+        late.verify_until = Some(format_time(2500));
+        o.now = 3000;
+        o.analysis = Some(fail(true));
+        let plan = decide("c", &spec(), &late, &o);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+        assert!(plan.actions.contains(&Action::ResetAnalysis));
+        assert!(plan.status.verify_until.is_none());
     }
 
     #[test]

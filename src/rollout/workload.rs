@@ -81,6 +81,11 @@ pub fn release_name(rollout: &str, digest: &str) -> String {
     format!("{rollout}-{suffix}")
 }
 
+/// A short, stable fingerprint of a text (FNV-1a), for names and acknowledgements.
+pub fn fingerprint(text: &str) -> String {
+    format!("{:016x}", fnv1a(text))
+}
+
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

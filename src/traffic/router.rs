@@ -25,6 +25,8 @@ pub enum RouterError {
     Api { what: String, source: kube::Error },
     #[error("{what}: still changed by another writer after {attempts} attempts")]
     Conflict { what: String, attempts: u32 },
+    #[error("{what}: {reason}")]
+    Encoding { what: String, reason: String },
     #[error("{what}: wrote {wanted} but read back {found}")]
     NotVerified {
         what: String,
@@ -83,11 +85,9 @@ impl MeshRouter {
                 what: self.what(),
                 source,
             })?;
-        serde_json::to_value(obj).map_err(|e| {
-            self.route_error(RouteError::Invalid {
-                path: "".into(),
-                reason: e.to_string(),
-            })
+        serde_json::to_value(obj).map_err(|e| RouterError::Encoding {
+            what: self.what(),
+            reason: format!("the object does not encode as JSON: {e}"),
         })
     }
 }
@@ -120,12 +120,11 @@ impl TrafficRouter for MeshRouter {
                 written = true;
                 break;
             }
-            let patch: json_patch::Patch = serde_json::from_value(json!(ops)).map_err(|e| {
-                self.route_error(RouteError::Invalid {
-                    path: "".into(),
-                    reason: e.to_string(),
-                })
-            })?;
+            let patch: json_patch::Patch =
+                serde_json::from_value(json!(ops)).map_err(|e| RouterError::Encoding {
+                    what: self.what(),
+                    reason: format!("the weight patch does not encode: {e}"),
+                })?;
             match self
                 .api
                 .patch(
@@ -236,17 +235,25 @@ impl TrafficRouter for ReplicaRouter {
         }
         for (name, weight) in &targets {
             let replicas = canary_replicas(self.stable_replicas, *weight, false);
-            self.api
+            let patched = self
+                .api
                 .patch(
                     name,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"replicas": replicas}})),
                 )
-                .await
-                .map_err(|source| RouterError::Api {
-                    what: format!("Deployment {name}"),
-                    source,
-                })?;
+                .await;
+            match patched {
+                Ok(_) => {}
+                // An arm that does not exist yet already takes no traffic.
+                Err(kube::Error::Api(s)) if s.code == 404 && replicas == 0 => {}
+                Err(source) => {
+                    return Err(RouterError::Api {
+                        what: format!("Deployment {name}"),
+                        source,
+                    });
+                }
+            }
         }
         let start = std::time::Instant::now();
         loop {

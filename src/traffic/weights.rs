@@ -67,6 +67,18 @@ impl Arms {
     }
 
     /// The rules rollguard weights: those that name both the stable and the canary.
+    /// The weight a rule gives to one side, or to all the arms together.
+    fn weight(&self, rule: &RouteRule, side: Option<Side>) -> u64 {
+        rule.backends
+            .iter()
+            .filter(|b| match side {
+                Some(side) => self.side(b) == Some(side),
+                None => self.side(b).is_some(),
+            })
+            .map(|b| u64::from(b.weight))
+            .sum()
+    }
+
     fn rules<'r>(&self, rules: &'r [RouteRule]) -> Result<Vec<&'r RouteRule>, RouteError> {
         let ours: Vec<&RouteRule> = rules
             .iter()
@@ -110,19 +122,9 @@ pub fn read(kind: RouteKind, object: &Value, arms: &Arms) -> Result<Weights, Rou
     let rules = kind.rules(object)?;
     let mut out = Weights::default();
     for rule in arms.rules(&rules)? {
-        let total: u64 = rule
-            .backends
-            .iter()
-            .filter(|b| arms.side(b).is_some())
-            .map(|b| u64::from(b.weight))
-            .sum();
+        let total = arms.weight(rule, None);
         let share = |side: Side| -> i32 {
-            let w: u64 = rule
-                .backends
-                .iter()
-                .filter(|b| arms.side(b) == Some(side))
-                .map(|b| u64::from(b.weight))
-                .sum();
+            let w = arms.weight(rule, Some(side));
             (w * 100 + total / 2).checked_div(total).unwrap_or(0) as i32
         };
         out.canary = out.canary.max(share(Side::Canary));
@@ -142,12 +144,7 @@ pub fn patch(
     let rules = kind.rules(object)?;
     let mut ops = Vec::new();
     for rule in arms.rules(&rules)? {
-        let current: u64 = rule
-            .backends
-            .iter()
-            .filter(|b| arms.side(b).is_some())
-            .map(|b| u64::from(b.weight))
-            .sum();
+        let current = arms.weight(rule, None);
         // SMI weights are relative: keep the rule's scale. The others are percentages.
         let total = if kind == RouteKind::TrafficSplit && current > 0 {
             current

@@ -315,3 +315,56 @@ pub async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
     });
     (address, task)
 }
+
+/// `rollguard controller` as a child process, killed (SIGKILL) when dropped.
+pub struct ControllerProcess {
+    child: std::process::Child,
+}
+
+impl ControllerProcess {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn start(log: &str) -> ControllerProcess {
+        ControllerProcess::start_with(log, &[])
+    }
+
+    pub fn start_with(log: &str, env: &[(&str, &str)]) -> ControllerProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("controller log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rollguard"))
+            .args([
+                "controller",
+                "--listen",
+                "127.0.0.1:0",
+                "--namespace",
+                "default",
+                "--concurrency",
+                "4",
+            ])
+            .env("RUST_LOG", "info,rollguard=debug,kube=warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting rollguard controller");
+        ControllerProcess { child }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
