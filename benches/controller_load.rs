@@ -109,11 +109,16 @@ async fn wait_for(
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--rollouts")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(50);
+    let n: usize = match args.iter().position(|a| a == "--rollouts") {
+        None => 50,
+        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                eprintln!("controller_load: --rollouts takes a positive count");
+                std::process::exit(2);
+            }
+        },
+    };
     if std::env::var("KUBECONFIG").is_err() {
         eprintln!("controller_load: {NOT_UP}");
         std::process::exit(2);
