@@ -64,6 +64,19 @@ pub enum Command {
     Pause(RequestArgs),
     /// Continue after a pause.
     Resume(RequestArgs),
+    /// Print a rollback's incident as Markdown for the post-mortem: what changed, the evidence,
+    /// the timeline and the actions taken.
+    Incident {
+        rollout: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The Release rolled back: its name, digest or a digest prefix (7+ hex). The latest
+        /// rollback when unset.
+        #[arg(long)]
+        release: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Lift a Release's Unstable verdict so that its digest may be canaried again.
     Override {
         /// The Release (`<rollout>-<10 hex>`), as `rollguard status` shows it.
@@ -97,6 +110,10 @@ pub struct ControllerArgs {
     /// Rollouts reconciled at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// Prometheus base URL for the graph links in escalations, when the MetricProviders'
+    /// addresses are in-cluster names people cannot open.
+    #[arg(long, env = "ROLLGUARD_GRAPH_URL")]
+    graph_url: Option<String>,
     /// Leader election Lease (issue 7; accepted now so the chart's flags parse).
     #[arg(long, default_value = "rollguard")]
     lease_name: String,
@@ -197,6 +214,7 @@ pub fn run() -> anyhow::Result<()> {
                 listen: args.listen,
                 namespace: args.namespace,
                 concurrency: args.concurrency,
+                graph_url: args.graph_url,
             }))
         }
         Command::Status {
@@ -207,6 +225,20 @@ pub fn run() -> anyhow::Result<()> {
         } => runtime(false)?.block_on(async {
             let (client, ns) = crate::ops::client_and_namespace(namespace).await?;
             crate::ops::status(&client, &ns, &rollout, watch, output == Output::Json).await
+        }),
+        Command::Incident {
+            rollout,
+            namespace,
+            release,
+            output,
+        } => runtime(false)?.block_on(async {
+            let (client, ns) = crate::ops::client_and_namespace(namespace).await?;
+            let incident = crate::ops::incident(&client, &ns, &rollout, release.as_deref()).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&incident)?),
+                Output::Text => print!("{}", incident.markdown()),
+            }
+            Ok(())
         }),
         Command::Promote(a) => send(a, RequestAction::Promote),
         Command::Abort(a) => send(a, RequestAction::Abort),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod backtest;
 pub mod cli;
 pub mod controller;
+pub mod escalation;
 pub mod lint;
 pub mod ops;
 pub mod rollout;

@@ -284,6 +284,41 @@ pub async fn status(
     }
 }
 
+/// The incident of a rollback of `name`, as receivers got it.
+pub async fn incident(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    release: Option<&str>,
+) -> anyhow::Result<crate::escalation::incident::Incident> {
+    use crate::escalation::incident::{Sources, build, select};
+    let ro = Api::<Rollout>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("Rollout {namespace}/{name}"))?;
+    let releases = Api::<Release>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "{}={name}",
+            crate::rollout::workload::ROLLOUT_LABEL
+        )))
+        .await
+        .with_context(|| format!("listing the Releases of {namespace}/{name}"))?
+        .items;
+    let status = ro.status.clone().unwrap_or_default();
+    let entry = select(namespace, name, &status, &releases, release).map_err(anyhow::Error::msg)?;
+    Ok(build(
+        &Sources {
+            namespace,
+            rollout: name,
+            spec: &ro.spec,
+            status: &status,
+            releases: &releases,
+            graph_base: None,
+        },
+        &entry,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,16 +90,17 @@ pub fn credentials(
     })
 }
 
-/// Reads the provider's Secrets from `namespace` (the controller's) and builds its source.
-pub async fn connect(
+/// Reads the named Secrets from `namespace` (the controller's). A Secret that does not exist is
+/// left out, for the caller to name; any other error is returned.
+pub async fn read_secrets(
     client: &kube::Client,
     namespace: &str,
-    provider: &MetricProvider,
-) -> Result<PrometheusSource, SourceError> {
+    names: impl IntoIterator<Item = String>,
+) -> Result<SecretData, String> {
     use k8s_openapi::api::core::v1::Secret;
     let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
     let mut secrets = SecretData::new();
-    for name in referenced_secrets(&provider.spec) {
+    for name in names {
         match api.get_opt(&name).await {
             Ok(Some(secret)) => {
                 let data = secret
@@ -111,13 +112,21 @@ pub async fn connect(
                 secrets.insert(name, data);
             }
             Ok(None) => {}
-            Err(e) => {
-                return Err(SourceError::Config(format!(
-                    "reading Secret {namespace}/{name}: {e}"
-                )));
-            }
+            Err(e) => return Err(format!("reading Secret {namespace}/{name}: {e}")),
         }
     }
+    Ok(secrets)
+}
+
+/// Reads the provider's Secrets from `namespace` (the controller's) and builds its source.
+pub async fn connect(
+    client: &kube::Client,
+    namespace: &str,
+    provider: &MetricProvider,
+) -> Result<PrometheusSource, SourceError> {
+    let secrets = read_secrets(client, namespace, referenced_secrets(&provider.spec))
+        .await
+        .map_err(SourceError::Config)?;
     let creds = credentials(&provider.spec, &secrets, namespace)?;
     let timeout = provider.spec.prometheus.timeout.parse().map_err(|e| {
         SourceError::Config(format!(
@@ -129,7 +138,7 @@ pub async fn connect(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn spec(prometheus: serde_json::Value) -> MetricProviderSpec {
@@ -140,7 +149,7 @@ mod tests {
         .expect("spec")
     }
 
-    fn secrets(entries: &[(&str, &str, &str)]) -> SecretData {
+    pub(crate) fn secrets(entries: &[(&str, &str, &str)]) -> SecretData {
         let mut out = SecretData::new();
         for (name, key, value) in entries {
             out.entry((*name).to_owned())

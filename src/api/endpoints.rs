@@ -107,7 +107,8 @@ fn default_resend() -> Duration {
 pub struct PagerDutyReceiver {
     /// The Events v2 integration (routing) key.
     pub routing_key: SecretKeyRef,
-    /// Events API endpoint; the public one when unset.
+    /// Base URL of the Events API: events go to `<url>/v2/enqueue` and change events to
+    /// `<url>/v2/change/enqueue`. PagerDuty's own when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = HTTP_URL))]
     pub url: Option<String>,

@@ -230,8 +230,8 @@ pub enum Severity {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Escalation {
-    /// Names of cluster-scoped Receivers.
-    #[schemars(length(min = 1))]
+    /// Names of cluster-scoped Receivers; each gets every incident.
+    #[schemars(length(min = 1, max = 8))]
     pub receivers: Vec<String>,
     /// Severity of an automatic rollback; rollbacks that fail to recover are always critical.
     #[serde(default)]
@@ -349,6 +349,9 @@ pub struct MetricEvidence {
     pub statistic: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queries: Vec<QueryValue>,
+    /// Address of the Prometheus that answered, for graph links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(default)]
     pub critical: bool,
     #[serde(default)]
@@ -441,6 +444,10 @@ pub struct RollbackStatus {
     pub weight_zero_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_at: Option<String>,
+    /// The last time the restored stable measured worse than before the rollout; the recovery
+    /// window starts again from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_recovered_at: Option<String>,
     /// Failed attempts of the current step.
     #[serde(default)]
     pub attempts: i32,
@@ -473,11 +480,54 @@ pub enum OutboxAction {
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 pub enum DeliveryState {
-    /// Waiting for the escalation senders.
+    /// Not yet accepted by every receiver; retried with backoff.
     #[default]
     Pending,
+    /// Every receiver accepted it (or had no use for it).
     Delivered,
+    /// A receiver refused it (HTTP 4xx other than 429); it is not retried.
     Failed,
+    /// The receiver has no use for this kind of entry (e.g. a promotion on Slack).
+    Skipped,
+}
+
+/// What an outbox entry is about.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum IncidentKind {
+    /// An automatic (or manual) rollback.
+    #[default]
+    Rollback,
+    /// A rollback step kept failing: traffic may not be where it should be.
+    RollbackIncomplete,
+    /// The rollback finished but the service did not come back to its pre-rollout baseline.
+    NotRecovered,
+    /// The target declares a digest whose Release is Unstable; nothing was canaried.
+    Blocked,
+    /// A release was promoted: a change event, not a problem.
+    Promoted,
+}
+
+/// One receiver's side of an outbox entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub receiver: String,
+    pub state: DeliveryState,
+    #[serde(default)]
+    pub attempts: i32,
+    /// The last send (RFC 3339); Alertmanager re-sends an open incident from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    /// When a Pending delivery is tried again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// Why the last attempt failed, naming the Receiver's field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// An incident handed to escalation. The dedup key is the same across restarts, so a receiver
@@ -496,9 +546,14 @@ pub struct OutboxEntry {
     pub to_digest: String,
     pub created_at: String,
     #[serde(default)]
-    pub state: DeliveryState,
+    pub kind: IncidentKind,
+    /// Pending until every receiver delivered it; Failed when one refused it.
     #[serde(default)]
-    pub attempts: i32,
+    pub state: DeliveryState,
+    /// Each receiver's delivery, written as it happens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub deliveries: Vec<Delivery>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]

@@ -32,6 +32,8 @@ pub struct LiveRun {
     pub id: String,
     runs: Vec<(String, AnalysisRun)>,
     sources: HashMap<String, PrometheusSource>,
+    /// Each metric's provider, for the evidence's graph links.
+    provider_of: HashMap<String, String>,
     /// Providers that could not be used, with why; their metrics fail to query.
     broken: BTreeMap<String, String>,
     latest: BTreeMap<String, MetricEvidence>,
@@ -81,6 +83,7 @@ impl LiveRun {
         };
         let mut runs = Vec::new();
         let mut providers = Vec::new();
+        let mut provider_of = HashMap::new();
         for t in &analysis.templates {
             let spec = if t.cluster_scope {
                 Api::<ClusterAnalysisTemplate>::all(client.clone())
@@ -95,6 +98,11 @@ impl LiveRun {
             }
             .map_err(|e| format!("template {}: {e}", t.name))?;
             providers.extend(spec.metrics.iter().map(|m| m.provider.clone()));
+            provider_of.extend(
+                spec.metrics
+                    .iter()
+                    .map(|m| (m.name.clone(), m.provider.clone())),
+            );
             let run = AnalysisRun::new(&spec, &target)
                 .map_err(|e| format!("template {}: {e}", t.name))?;
             runs.push((t.name.clone(), run));
@@ -126,6 +134,7 @@ impl LiveRun {
             id: id.to_owned(),
             runs,
             sources,
+            provider_of,
             broken,
             latest: BTreeMap::new(),
             first_fail_at: None,
@@ -148,7 +157,13 @@ impl LiveRun {
                     self.first_fail_at = Some(m.at);
                 }
                 tracing::debug!(metric = %m.metric, verdict = %m.outcome.verdict, reason = %m.outcome.reason, "measured");
-                self.latest.insert(m.metric.clone(), evidence(&m));
+                let mut ev = evidence(&m);
+                ev.source = self
+                    .provider_of
+                    .get(&m.metric)
+                    .and_then(|p| sources.get(p))
+                    .map(|s| s.address().to_owned());
+                self.latest.insert(m.metric.clone(), ev);
             }
         }
         let decision = combine(self.runs.iter().map(|(_, r)| r.decision()).collect());
@@ -207,6 +222,7 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
         reason: o.reason.clone(),
         at: format_time(m.at),
         counts,
+        source: None,
         statistic: o
             .statistic
             .as_ref()

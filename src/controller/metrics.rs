@@ -23,6 +23,14 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// A delivery attempt: the Receiver's name (admin-owned, few) and how it went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EscalationLabels {
+    pub receiver: String,
+    /// delivered, skipped, retry or refused.
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
@@ -48,6 +56,7 @@ pub struct Metrics {
     zero_to_recovery: Histogram,
     analysis: Histogram,
     errors: Counter,
+    escalations: Family<EscalationLabels, Counter>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -69,6 +78,7 @@ impl Default for Metrics {
             zero_to_recovery: Histogram::new(seconds_buckets()),
             analysis: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             errors: Counter::default(),
+            escalations: Family::default(),
         };
         registry.register(
             "rollout_phase",
@@ -105,6 +115,11 @@ impl Default for Metrics {
             "Reconciles that failed and were retried",
             m.errors.clone(),
         );
+        registry.register(
+            "escalations",
+            "Escalation delivery attempts, by receiver and outcome",
+            m.escalations.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -116,6 +131,15 @@ fn at(text: Option<&String>) -> Option<i64> {
 impl Metrics {
     pub fn reconcile_error(&self) {
         self.errors.inc();
+    }
+
+    pub fn escalation(&self, receiver: &str, outcome: &str) {
+        self.escalations
+            .get_or_create(&EscalationLabels {
+                receiver: receiver.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn analysis_seconds(&self, s: f64) {

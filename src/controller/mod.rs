@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod apply;
+pub mod escalate;
 pub mod http;
 pub mod metrics;
 
@@ -30,7 +31,7 @@ use crate::api::release::Release;
 use crate::api::rollout::{RolloutPhase, RolloutStatus};
 use crate::rollout::machine::{
     InvalidRequest, Observed, ReleaseView, Request, TargetView, decide, failed,
-    verify_baseline_offset,
+    recovery_baseline_offset, verify_baseline_offset,
 };
 use crate::rollout::workload::{
     REQUEST_ANNOTATION, ROLLOUT_LABEL, Workload, arm_name, artifact, fingerprint,
@@ -45,6 +46,8 @@ pub struct Settings {
     /// The controller's own namespace: where provider and receiver Secrets live.
     pub namespace: String,
     pub concurrency: u16,
+    /// Base URL for graph links in escalations, instead of the providers' addresses.
+    pub graph_url: Option<String>,
 }
 
 /// Shared by every reconcile.
@@ -52,6 +55,8 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: metrics::Metrics,
+    /// For escalation receivers.
+    pub http: reqwest::Client,
     recorder: Recorder,
     runs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<LiveRun>>>>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -75,6 +80,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics: metrics::Metrics::default(),
+        http: crate::escalation::send::client(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -214,6 +220,7 @@ async fn observe(ro: &Rollout, ctx: &Context) -> Result<Observed, Error> {
     });
     Ok(Observed {
         now: crate::backtest::unix_now(),
+        namespace: ns,
         generation: ro.meta().generation,
         target,
         stable,
@@ -251,6 +258,13 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
             format!("verify/{}", status.stable.as_ref()?.release),
             Judged::PromotedStable { offset },
         ),
+        (Some(RolloutPhase::RollingBack), _) => {
+            let offset = recovery_baseline_offset(&ro.spec, &status)?;
+            (
+                format!("recover/{}", status.rollback.as_ref()?.release),
+                Judged::PromotedStable { offset },
+            )
+        }
         (Some(RolloutPhase::Progressing | RolloutPhase::Paused), _)
             if status.step_started_at.is_some() =>
         {
@@ -299,6 +313,20 @@ fn reset_analysis(ro: &Rollout, ctx: &Context) {
 }
 
 async fn publish(ctx: &Context, ro: &Rollout, warning: bool, reason: &str, note: &str) {
+    publish_as(ctx, ro, warning, reason, reason, note).await;
+}
+
+/// An Event whose `action` differs from its reason. Events with the same reason and action
+/// are folded into one series that keeps the first note, so distinct subjects (one per
+/// receiver, say) need distinct actions.
+async fn publish_as(
+    ctx: &Context,
+    ro: &Rollout,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let event = Event {
         type_: if warning {
             EventType::Warning
@@ -307,7 +335,7 @@ async fn publish(ctx: &Context, ro: &Rollout, warning: bool, reason: &str, note:
         },
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
-        action: reason.into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &ro.object_ref(&())).await {
@@ -319,55 +347,76 @@ async fn publish(ctx: &Context, ro: &Rollout, warning: bool, reason: &str, note:
 const PASSES: usize = 8;
 
 async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let mut ro = (*ro).clone();
+    // The cache may lag behind our own last write; plans start from a fresh read.
+    let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ro.namespace().unwrap_or_default());
+    let Some(mut ro) = api.get_opt(&ro.name_any()).await? else {
+        return Ok(Requeue::await_change());
+    };
+    let result = plan(&mut ro, &ctx).await;
+    // Whatever the plan did, what its status put in the outbox goes out now.
+    let next = match escalate::deliver(&ctx, &mut ro).await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::warn!(rollout = %key(&ro), error = %e, "recording escalation deliveries");
+            Some(5)
+        }
+    };
+    let after = result?;
+    Ok(Requeue::requeue(match next {
+        Some(s) => after.min(Duration::from_secs(s)),
+        None => after,
+    }))
+}
+
+/// Observes, decides and applies plans until one asks to wait; returns how long.
+async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
     let name = ro.name_any();
     let ns = ro.namespace().unwrap_or_default();
     let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ns);
     for _ in 0..PASSES {
-        let mut obs = observe(&ro, &ctx).await?;
-        obs.analysis = measure(&ro, &ctx).await;
+        let mut obs = observe(ro, ctx).await?;
+        obs.analysis = measure(ro, ctx).await;
         let status = ro.status.clone().unwrap_or_default();
         let plan = decide(&name, &ro.spec, &status, &obs);
-        let mut applier = apply::Applier::new(&ctx, &ro);
+        let mut applier = apply::Applier::new(ctx, ro);
         let mut next = plan.status.clone();
         let mut result = Ok(());
         for action in &plan.actions {
-            tracing::debug!(rollout = %key(&ro), ?action, "applying");
+            tracing::debug!(rollout = %key(ro), ?action, "applying");
             if let Err(e) = applier.apply(action).await {
                 result = Err(e);
                 break;
             }
         }
         if applier.reset {
-            reset_analysis(&ro, &ctx);
+            reset_analysis(ro, ctx);
         }
         if let Err(e) = &result {
-            tracing::warn!(rollout = %key(&ro), error = %e, phase = ?status.phase, "plan failed");
-            next = failed(&name, &ro.spec, &status, &e.to_string(), obs.now);
+            tracing::warn!(rollout = %key(ro), error = %e, phase = ?status.phase, "plan failed");
+            next = failed(&ns, &name, &ro.spec, &status, &e.to_string(), obs.now);
         }
-        record(&api, &ro, &next).await?;
+        record(&api, ro, &next).await?;
         #[cfg(debug_assertions)]
         halt_for_tests(&status, &next).await;
         ctx.metrics.observe(&ns, &name, &status, &next);
         for note in &plan.notes {
             if result.is_ok() {
-                tracing::info!(rollout = %key(&ro), reason = %note.reason, "{}", note.message);
-                publish(&ctx, &ro, note.warning, &note.reason, &note.message).await;
+                tracing::info!(rollout = %key(ro), reason = %note.reason, "{}", note.message);
+                publish(ctx, ro, note.warning, &note.reason, &note.message).await;
             }
         }
-        ro.status = Some(next);
         if let Err(e) = result {
             return Err(Error::Apply(e));
         }
         ctx.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key(&ro));
+            .remove(&key(ro));
         if plan.requeue_secs > 0 {
-            return Ok(Requeue::requeue(Duration::from_secs(plan.requeue_secs)));
+            return Ok(Duration::from_secs(plan.requeue_secs));
         }
     }
-    Ok(Requeue::requeue(Duration::from_millis(100)))
+    Ok(Duration::from_millis(100))
 }
 
 /// Fault injection for the end-to-end tests, in debug builds only: with
@@ -389,22 +438,29 @@ async fn halt_for_tests(before: &RolloutStatus, after: &RolloutStatus) {
     }
 }
 
-/// Records the status with server-side apply: fields the plan dropped are removed.
-async fn record(api: &Api<Rollout>, ro: &Rollout, status: &RolloutStatus) -> Result<(), Error> {
+/// Records the status with server-side apply: fields the plan dropped are removed. The write
+/// is guarded by the resourceVersion the plan was made from, so a plan from a stale read (a
+/// lagging cache, another writer) fails with 409 instead of undoing newer status, such as an
+/// escalation already delivered. `ro` then carries the new status and resourceVersion.
+async fn record(api: &Api<Rollout>, ro: &mut Rollout, status: &RolloutStatus) -> Result<(), Error> {
     if ro.status.as_ref() == Some(status) {
         return Ok(());
     }
     let body = serde_json::json!({
         "apiVersion": "rollguard.dev/v1alpha1",
         "kind": "Rollout",
+        "metadata": {"resourceVersion": ro.resource_version()},
         "status": status,
     });
-    api.patch_status(
-        &ro.name_any(),
-        &kube::api::PatchParams::apply("rollguard").force(),
-        &kube::api::Patch::Apply(body),
-    )
-    .await?;
+    let updated = api
+        .patch_status(
+            &ro.name_any(),
+            &kube::api::PatchParams::apply("rollguard").force(),
+            &kube::api::Patch::Apply(body),
+        )
+        .await?;
+    ro.metadata.resource_version = updated.metadata.resource_version;
+    ro.status = Some(status.clone());
     Ok(())
 }
 

@@ -17,9 +17,9 @@ use crate::api::analysis::InconclusiveAction;
 use crate::api::common::Condition;
 use crate::api::release::{HistoryEntry, ReleasePhase, ReleaseVerdict};
 use crate::api::rollout::{
-    AnalysisSummary, BaselineMode, DeliveryState, MetricEvidence, OutboxAction, OutboxEntry,
-    ReleaseRef, RollbackStatus, RollbackStep, RolloutPhase, RolloutSpec, RolloutStatus, SagaRecord,
-    Severity, TimelineEntry,
+    AnalysisSummary, BaselineMode, DeliveryState, IncidentKind, MetricEvidence, OutboxAction,
+    OutboxEntry, ReleaseRef, RollbackStatus, RollbackStep, RolloutPhase, RolloutSpec,
+    RolloutStatus, SagaRecord, Severity, TimelineEntry,
 };
 use crate::backtest::format_time;
 
@@ -108,6 +108,8 @@ pub struct Request {
 pub struct Observed {
     /// Unix seconds.
     pub now: i64,
+    /// The Rollout's namespace: part of every incident's dedup key.
+    pub namespace: String,
     pub generation: Option<i64>,
     /// None: the target Deployment does not exist.
     pub target: Option<TargetView>,
@@ -215,6 +217,7 @@ pub fn decide(name: &str, spec: &RolloutSpec, status: &RolloutStatus, obs: &Obse
 /// [`INCOMPLETE_AFTER`] attempts the Rollout says loudly that the rollback is incomplete and a
 /// critical incident goes out.
 pub fn failed(
+    namespace: &str,
     name: &str,
     spec: &RolloutSpec,
     status: &RolloutStatus,
@@ -236,14 +239,17 @@ pub fn failed(
          moved, and the controller keeps retrying",
         rb.step, rb.attempts
     );
-    let key = format!("{}:incomplete", dedup_key(name, &rb.release));
+    let key = format!("{}:incomplete", dedup_key(namespace, name, &rb.release));
     let title = format!(
-        "{name}: rollback of {} is incomplete",
-        short_digest(&rb.digest)
+        "{} rollback of {} is incomplete: {} keeps failing",
+        qualified(namespace, name),
+        short_digest(&rb.digest),
+        rb.step
     );
     let incident = incident(
         rb,
         key,
+        IncidentKind::RollbackIncomplete,
         OutboxAction::Trigger,
         Severity::Critical,
         title,
@@ -264,7 +270,6 @@ pub fn failed(
     s
 }
 
-/// The incident's dedup key: the same for a Release across restarts and retries.
 /// While a post-promotion window is open: how far back the verification's baseline looks, in
 /// seconds, so that it sees the previous stable serving alone before the canary started (the
 /// whole window long). None outside a window.
@@ -274,8 +279,38 @@ pub fn verify_baseline_offset(status: &RolloutStatus, now: i64) -> Option<u64> {
     (now < until && status.previous_stable.is_some()).then(|| (until - started).max(1) as u64)
 }
 
-pub fn dedup_key(rollout: &str, release: &str) -> String {
-    format!("rollguard/{rollout}/{release}")
+/// While a rollback verifies recovery: how far back the restored stable's baseline looks, so
+/// that it sees the service before the canary started, over the whole recovery window. None
+/// otherwise.
+pub fn recovery_baseline_offset(spec: &RolloutSpec, status: &RolloutStatus) -> Option<u64> {
+    let rb = status.rollback.as_ref()?;
+    if status.phase != Some(RolloutPhase::RollingBack) || rb.step != RollbackStep::VerifyRecovery {
+        return None;
+    }
+    let since = parse_at(rb.completed.last().map(|c| c.at.as_str()))?
+        .max(parse_at(rb.not_recovered_at.as_deref()).unwrap_or(0));
+    let started = parse_at(status.canary_started_at.as_deref())?;
+    let until = since + secs(&spec.recovery_window, 30);
+    Some((until - started).max(1) as u64)
+}
+
+/// The incident's dedup key: the same for a Release across restarts and retries.
+pub fn dedup_key(namespace: &str, rollout: &str, release: &str) -> String {
+    format!("rollguard/{namespace}/{rollout}/{release}")
+}
+
+/// `namespace/name`, or the name alone outside a namespace (unit tests).
+fn qualified(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// The first clause of a judgment's reason: `canary 6.100% vs baseline 0.700%`.
+pub fn headline(reason: &str) -> &str {
+    reason.split(": ").next().unwrap_or(reason).trim()
 }
 
 struct Planner<'a> {
@@ -302,6 +337,57 @@ fn parse_at(text: Option<&str>) -> Option<i64> {
 impl Planner<'_> {
     fn now(&self) -> i64 {
         self.obs.now
+    }
+
+    fn key(&self, release: &str) -> String {
+        dedup_key(&self.obs.namespace, self.name, release)
+    }
+
+    /// The restored stable measured worse than before the rollout: escalate once more, at
+    /// critical, and start the recovery window again.
+    fn not_recovered(
+        &mut self,
+        rb: &mut RollbackStatus,
+        stable: &ReleaseRef,
+        metric: &str,
+        reason: &str,
+    ) {
+        let now = self.now();
+        rb.not_recovered_at = Some(format_time(now));
+        let title = format!(
+            "{} rollback of {} did not recover: {metric} on {} {}",
+            qualified(&self.obs.namespace, self.name),
+            short_digest(&rb.digest),
+            stable.short_digest,
+            headline(reason)
+        );
+        let entry = incident(
+            rb,
+            format!("{}:not-recovered", self.key(&rb.release)),
+            IncidentKind::NotRecovered,
+            OutboxAction::Trigger,
+            Severity::Critical,
+            title,
+            Some(stable.digest.clone()),
+            now,
+        );
+        if enqueue(&mut self.status, self.spec, entry, now) {
+            self.notes.push(Note {
+                warning: true,
+                reason: "NotRecovered".into(),
+                message: format!(
+                    "{} still measures worse than before the rollout: {metric}: {reason}",
+                    stable.release
+                ),
+            });
+        }
+        // A new verification run, whose baseline reaches back before the canary again.
+        self.act(Action::ResetAnalysis);
+        self.status.message = Some(format!(
+            "rolled back; {} does not recover yet: {metric}: {}",
+            stable.short_digest,
+            headline(reason)
+        ));
     }
 
     fn severity(&self) -> Severity {
@@ -390,13 +476,57 @@ impl Planner<'_> {
                 None => {}
             }
         }
-        match self.phase() {
+        let before = self.phase();
+        match before {
             RolloutPhase::Initializing => self.initialize(),
             RolloutPhase::Stable | RolloutPhase::Blocked | RolloutPhase::RolledBack => self.idle(),
             RolloutPhase::Progressing | RolloutPhase::Paused => self.progress(),
             RolloutPhase::Promoting => self.promote(),
             RolloutPhase::RollingBack => self.roll_back(),
         }
+        if before == RolloutPhase::Blocked && self.phase() != RolloutPhase::Blocked {
+            let title = format!(
+                "{} is no longer blocked: {}",
+                qualified(&self.obs.namespace, self.name),
+                self.status.message.clone().unwrap_or_default()
+            );
+            let now = self.now();
+            resolve_where(
+                &mut self.status,
+                self.spec,
+                |e| e.kind == IncidentKind::Blocked,
+                &title,
+                now,
+            );
+        }
+    }
+
+    /// A Blocked Rollout notifies once per Unstable Release it is blocked on, not on every
+    /// reconcile.
+    fn notify_blocked(&mut self, release: &str, digest: &str, why: &str) {
+        if self.spec.escalation.is_none() {
+            return;
+        }
+        let now = self.now();
+        let entry = OutboxEntry {
+            dedup_key: format!("{}:blocked", self.key(release)),
+            action: OutboxAction::Trigger,
+            severity: Severity::Warning,
+            title: format!(
+                "{} is blocked: the target declares {} ({release}), which is Unstable: {}",
+                qualified(&self.obs.namespace, self.name),
+                short_digest(digest),
+                headline(why)
+            ),
+            release: release.to_owned(),
+            from_digest: self.status.stable.as_ref().map(|s| s.digest.clone()),
+            to_digest: digest.to_owned(),
+            created_at: format_time(now),
+            kind: IncidentKind::Blocked,
+            state: DeliveryState::Pending,
+            deliveries: Vec::new(),
+        };
+        enqueue(&mut self.status, self.spec, entry, now);
     }
 
     /// The target's artifact, or None with the reason recorded as a condition.
@@ -676,6 +806,9 @@ impl Planner<'_> {
             };
             if self.phase() != phase {
                 self.note(true, "Blocked", message.clone());
+            }
+            if phase == RolloutPhase::Blocked {
+                self.notify_blocked(&name, &artifact.digest, &why);
             }
             self.set_phase(phase, message);
             return;
@@ -1135,6 +1268,29 @@ impl Planner<'_> {
             .post_promotion_window
             .as_ref()
             .map(|w| format_time(self.obs.now + secs(w, 0)));
+        if self.spec.escalation.is_some() {
+            let now = self.now();
+            let entry = OutboxEntry {
+                dedup_key: format!("{}:promoted", self.key(&canary.release)),
+                action: OutboxAction::Trigger,
+                severity: Severity::Info,
+                title: format!(
+                    "{} promoted {} ({}), replacing {}",
+                    qualified(&self.obs.namespace, self.name),
+                    canary.release,
+                    canary.short_digest,
+                    stable.short_digest
+                ),
+                release: canary.release.clone(),
+                from_digest: Some(stable.digest.clone()),
+                to_digest: canary.digest.clone(),
+                created_at: format_time(now),
+                kind: IncidentKind::Promoted,
+                state: DeliveryState::Pending,
+                deliveries: Vec::new(),
+            };
+            enqueue(&mut self.status, self.spec, entry, now);
+        }
         self.note(
             false,
             "Promoted",
@@ -1204,6 +1360,7 @@ impl Planner<'_> {
             breach_at: breach.map(format_time),
             weight_zero_at: None,
             recovered_at: None,
+            not_recovered_at: None,
             attempts: 0,
             last_error: None,
             evidence,
@@ -1318,15 +1475,11 @@ impl Planner<'_> {
                 true
             }
             RollbackStep::Escalate => {
-                let title = format!(
-                    "{}: {} rolled back: {}",
-                    self.name,
-                    short_digest(&rb.digest),
-                    rb.reason
-                );
+                let title = rollback_title(&self.obs.namespace, self.name, &rb);
                 let entry = incident(
                     &rb,
-                    dedup_key(self.name, &rb.release),
+                    self.key(&rb.release),
+                    IncidentKind::Rollback,
                     OutboxAction::Trigger,
                     self.severity(),
                     title,
@@ -1342,10 +1495,22 @@ impl Planner<'_> {
                     .last()
                     .and_then(|c| parse_at(Some(&c.at)))
                     .unwrap_or(now);
+                let since = since.max(parse_at(rb.not_recovered_at.as_deref()).unwrap_or(0));
                 let window = secs(&self.spec.recovery_window, 30);
                 let serving = self.obs.stable.as_ref().is_some_and(|w| {
                     w.rolled_out && stable_ok(w) && w.release.as_deref() == Some(&stable.release)
                 });
+                // The restored stable is judged against itself before the rollout: still worse
+                // means the rollback did not bring the service back.
+                if let Some(a) = &self.obs.analysis
+                    && let Decision::Fail { metric, reason, .. } = &a.decision
+                {
+                    let (metric, reason) = (metric.clone(), reason.clone());
+                    self.status.analysis = Some(a.summary.clone());
+                    self.not_recovered(&mut rb, &stable, &metric, &reason);
+                    self.status.rollback = Some(rb);
+                    return;
+                }
                 let drained = self.obs.canary.as_ref().is_none_or(|w| w.pods == 0)
                     && self
                         .obs
@@ -1354,24 +1519,14 @@ impl Planner<'_> {
                         .is_none_or(|w| w.pods == 0 || !self.fresh());
                 if serving && drained && now - since >= window {
                     rb.recovered_at = Some(format_time(now));
-                    if self.spec.escalation.is_some() {
-                        let title = format!(
-                            "{}: recovered on {} after rolling back {}",
-                            self.name,
-                            stable.short_digest,
-                            short_digest(&rb.digest)
-                        );
-                        let entry = incident(
-                            &rb,
-                            dedup_key(self.name, &rb.release),
-                            OutboxAction::Resolve,
-                            self.severity(),
-                            title,
-                            Some(stable.digest.clone()),
-                            now,
-                        );
-                        enqueue(&mut self.status, self.spec, entry, now);
-                    }
+                    let title = format!(
+                        "{} recovered on {} after rolling back {}",
+                        qualified(&self.obs.namespace, self.name),
+                        stable.short_digest,
+                        short_digest(&rb.digest)
+                    );
+                    let key = self.key(&rb.release);
+                    resolve_open(&mut self.status, self.spec, &key, &title, now);
                     true
                 } else {
                     self.status.message = Some(format!(
@@ -1487,9 +1642,11 @@ fn push_timeline(status: &mut RolloutStatus, now: i64, reason: &str, message: &s
     status.timeline.drain(..excess);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn incident(
     rb: &RollbackStatus,
     dedup_key: String,
+    kind: IncidentKind,
     action: OutboxAction,
     severity: Severity,
     title: String,
@@ -1505,8 +1662,73 @@ fn incident(
         from_digest,
         to_digest: rb.digest.clone(),
         created_at: format_time(now),
+        kind,
         state: DeliveryState::Pending,
-        attempts: 0,
+        deliveries: Vec::new(),
+    }
+}
+
+/// The title of a rollback's incident: what, where, and the symptom that caused it.
+pub fn rollback_title(namespace: &str, name: &str, rb: &RollbackStatus) -> String {
+    let who = qualified(namespace, name);
+    let when = if rb.reason.contains("after promotion") {
+        "rolled back after promotion"
+    } else {
+        "canary rolled back"
+    };
+    let symptom = rb.metric.as_ref().and_then(|m| {
+        rb.evidence
+            .iter()
+            .find(|e| &e.metric == m && e.verdict == "Fail")
+            .map(|e| format!("{m} {}", headline(&e.reason)))
+    });
+    format!(
+        "{who} {when} ({}): {}",
+        short_digest(&rb.digest),
+        symptom.unwrap_or_else(|| rb.reason.clone())
+    )
+}
+
+/// Resolves every open incident whose dedup key starts with `key`: the rollback itself, and
+/// the incomplete or not-recovered escalations that followed it.
+fn resolve_open(status: &mut RolloutStatus, spec: &RolloutSpec, key: &str, title: &str, now: i64) {
+    let prefix = format!("{key}:");
+    resolve_where(
+        status,
+        spec,
+        |e| {
+            e.kind != IncidentKind::Promoted
+                && (e.dedup_key == key || e.dedup_key.starts_with(&prefix))
+        },
+        title,
+        now,
+    );
+}
+
+/// Enqueues a Resolve for each Trigger that `open` selects (once per dedup key).
+fn resolve_where(
+    status: &mut RolloutStatus,
+    spec: &RolloutSpec,
+    open: impl Fn(&OutboxEntry) -> bool,
+    title: &str,
+    now: i64,
+) {
+    let open: Vec<OutboxEntry> = status
+        .outbox
+        .iter()
+        .filter(|e| e.action == OutboxAction::Trigger && open(e))
+        .cloned()
+        .collect();
+    for trigger in open {
+        let entry = OutboxEntry {
+            action: OutboxAction::Resolve,
+            title: title.to_owned(),
+            created_at: format_time(now),
+            state: DeliveryState::Pending,
+            deliveries: Vec::new(),
+            ..trigger
+        };
+        enqueue(status, spec, entry, now);
     }
 }
 
@@ -1933,6 +2155,18 @@ mod tests {
             Some(OLD)
         );
         assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
+        // A change event for the receivers that keep a record of changes (PagerDuty).
+        let change: Vec<&OutboxEntry> = plan
+            .status
+            .outbox
+            .iter()
+            .filter(|e| e.kind == IncidentKind::Promoted)
+            .collect();
+        assert_eq!(change.len(), 1);
+        assert_eq!(
+            (change[0].severity, change[0].from_digest.as_deref()),
+            (Severity::Info, Some(OLD))
+        );
     }
 
     /// Drives the saga from a critical Fail to the end, the way the controller does: apply the
@@ -2036,7 +2270,7 @@ mod tests {
         assert_eq!(triggers.len(), 1, "exactly one incident");
         assert_eq!(
             triggers[0].dedup_key,
-            dedup_key("c", &release_name("c", NEW))
+            dedup_key("", "c", &release_name("c", NEW))
         );
         assert_eq!(triggers[0].from_digest.as_deref(), Some(OLD));
         assert_eq!(
@@ -2086,6 +2320,7 @@ mod tests {
         let mut status = decide("c", &spec(), &s, &o).status;
         for _ in 0..5 {
             status = failed(
+                "",
                 "c",
                 &spec(),
                 &status,
@@ -2388,5 +2623,150 @@ mod tests {
             verdict: None
         }));
         assert!(plan.status.canary.is_none());
+    }
+
+    /// A rollback driven to its VerifyRecovery step, with the canary drained.
+    fn verifying_recovery() -> (RolloutStatus, Observed) {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        let mut status = decide("c", &spec(), &s, &o).status;
+        o.analysis = None;
+        o.canary = Some(workload("x", NEW, 0));
+        if let Some(c) = o.canary.as_mut() {
+            c.pods = 0;
+        }
+        for t in 0..10 {
+            o.now = 1006 + t;
+            status = decide("c", &spec(), &status, &o).status;
+            if status.rollback.as_ref().map(|r| r.step) == Some(RollbackStep::VerifyRecovery) {
+                return (status, o);
+            }
+        }
+        panic!("never reached VerifyRecovery: {:?}", status.rollback);
+    }
+
+    #[test]
+    fn a_rollback_that_does_not_recover_escalates_again_at_critical_then_resolves_all() {
+        let (mut status, mut o) = verifying_recovery();
+        let since = o.now;
+        assert_eq!(
+            recovery_baseline_offset(&spec(), &status),
+            Some((since + 30 - 990) as u64),
+            "the baseline looks back before the canary started, over the whole window"
+        );
+        o.analysis = Some(fail(false));
+        for t in 1..4 {
+            o.now = since + t;
+            let plan = decide("c", &spec(), &status, &o);
+            assert!(plan.actions.contains(&Action::ResetAnalysis));
+            status = plan.status;
+        }
+        let not_recovered: Vec<&OutboxEntry> = status
+            .outbox
+            .iter()
+            .filter(|e| e.kind == IncidentKind::NotRecovered)
+            .collect();
+        assert_eq!(
+            not_recovered.len(),
+            1,
+            "escalated again once, not per measurement"
+        );
+        assert_eq!(not_recovered[0].severity, Severity::Critical);
+        assert!(
+            not_recovered[0].title.contains("did not recover")
+                && not_recovered[0].title.contains("error-rate"),
+            "{}",
+            not_recovered[0].title
+        );
+        assert_eq!(
+            status.rollback.as_ref().map(|r| r.step),
+            Some(RollbackStep::VerifyRecovery)
+        );
+        // The window starts again from the last failure; healthy for 30 s, it resolves both.
+        o.analysis = None;
+        o.now = since + 3 + 29;
+        status = decide("c", &spec(), &status, &o).status;
+        assert_eq!(
+            status.rollback.as_ref().map(|r| r.step),
+            Some(RollbackStep::VerifyRecovery),
+            "29 s after the last failure is not yet a window"
+        );
+        o.now = since + 3 + 30;
+        status = decide("c", &spec(), &status, &o).status;
+        assert_eq!(status.phase, Some(RolloutPhase::RolledBack));
+        let resolved: Vec<&str> = status
+            .outbox
+            .iter()
+            .filter(|e| e.action == OutboxAction::Resolve)
+            .map(|e| e.dedup_key.as_str())
+            .collect();
+        let key = dedup_key("", "c", &release_name("c", NEW));
+        assert_eq!(resolved, vec![key.clone(), format!("{key}:not-recovered")]);
+    }
+
+    #[test]
+    fn a_blocked_rollout_notifies_once_and_resolves_when_unblocked() {
+        let mut o = observed(NEW, 2000);
+        o.releases.push(ReleaseView {
+            verdict: Some("error-rate: canary 8% vs baseline 0.5%".into()),
+            ..release(NEW, ReleasePhase::Unstable)
+        });
+        let mut status = stable_status();
+        for t in 0..5 {
+            o.now = 2000 + t;
+            status = decide("c", &spec(), &status, &o).status;
+        }
+        assert_eq!(status.phase, Some(RolloutPhase::Blocked));
+        let blocked: Vec<&OutboxEntry> = status
+            .outbox
+            .iter()
+            .filter(|e| e.kind == IncidentKind::Blocked)
+            .collect();
+        assert_eq!(blocked.len(), 1, "once, not on every reconcile");
+        assert_eq!(blocked[0].severity, Severity::Warning);
+        // Back to the stable digest: no longer blocked, and the notice is resolved.
+        o.target = Some(TargetView {
+            replicas: 0,
+            artifact: Ok(artifact(OLD)),
+        });
+        status = decide("c", &spec(), &status, &o).status;
+        assert_eq!(status.phase, Some(RolloutPhase::Stable));
+        let resolves = status
+            .outbox
+            .iter()
+            .filter(|e| e.kind == IncidentKind::Blocked && e.action == OutboxAction::Resolve)
+            .count();
+        assert_eq!(resolves, 1);
+    }
+
+    #[test]
+    fn titles_state_the_symptom() {
+        let rb = RollbackStatus {
+            release: "checkout-1a2b3c4d5e".into(),
+            digest: format!("sha256:{}", "1a2b3c4d5e6f".repeat(5) + "abcd"),
+            reason: "critical metric errors failed: canary 4.200% vs baseline 0.500%: worse".into(),
+            metric: Some("errors".into()),
+            evidence: vec![MetricEvidence {
+                metric: "errors".into(),
+                verdict: "Fail".into(),
+                reason: "canary 4.200% vs baseline 0.500%: worse beyond toleratedRatio 1.5".into(),
+                ..MetricEvidence::default()
+            }],
+            ..RollbackStatus::default()
+        };
+        assert_eq!(
+            rollback_title("shop", "checkout", &rb),
+            "shop/checkout canary rolled back (1a2b3c4d5e6f): errors canary 4.200% vs baseline 0.500%"
+        );
+        let aborted = RollbackStatus {
+            reason: "aborted by alice: wrong config".into(),
+            metric: None,
+            evidence: Vec::new(),
+            ..rb
+        };
+        assert_eq!(
+            rollback_title("shop", "checkout", &aborted),
+            "shop/checkout canary rolled back (1a2b3c4d5e6f): aborted by alice: wrong config"
+        );
     }
 }

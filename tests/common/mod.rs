@@ -368,3 +368,130 @@ impl Drop for ControllerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// One request an [`HttpRecorder`] received, and the status it answered.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: std::collections::HashMap<String, String>,
+    pub raw: Vec<u8>,
+    pub body: Value,
+    pub status: u16,
+}
+
+type Script = std::collections::HashMap<String, std::collections::VecDeque<u16>>;
+
+/// A loopback HTTP server that records every POST and answers 202, or the statuses scripted
+/// for a path (in order; `always` repeats one for good). It stands in for PagerDuty, Slack and
+/// webhook receivers.
+pub struct HttpRecorder {
+    pub url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    script: std::sync::Arc<std::sync::Mutex<Script>>,
+    always: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u16>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpRecorder {
+    pub async fn start() -> HttpRecorder {
+        HttpRecorder::start_on(0).await
+    }
+
+    /// On a given loopback port (a receiver that comes back where it was).
+    pub async fn start_on(port: u16) -> HttpRecorder {
+        use axum::extract::State;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the recorder");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = std::sync::Arc::new(std::sync::Mutex::new(Script::new()));
+        let always = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        type Shared = (
+            std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+            std::sync::Arc<std::sync::Mutex<Script>>,
+            std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u16>>>,
+        );
+        async fn handle(
+            State((requests, script, always)): State<Shared>,
+            uri: axum::http::Uri,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let path = uri.path().to_owned();
+            let status = always
+                .lock()
+                .expect("lock")
+                .get(&path)
+                .copied()
+                .or_else(|| script.lock().expect("lock").get_mut(&path)?.pop_front())
+                .unwrap_or(202);
+            requests.lock().expect("lock").push(Recorded {
+                path,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect(),
+                raw: body.to_vec(),
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                status,
+            });
+            axum::http::StatusCode::from_u16(status).expect("status")
+        }
+        let app = axum::Router::new().fallback(handle).with_state((
+            requests.clone(),
+            script.clone(),
+            always.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HttpRecorder {
+            url,
+            requests,
+            script,
+            always,
+            task,
+        }
+    }
+
+    /// Answer the next requests to `path` with `statuses`, then 202 again.
+    pub fn respond(&self, path: &str, statuses: &[u16]) {
+        self.script
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), statuses.iter().copied().collect());
+    }
+
+    /// Answer every request to `path` with `status`.
+    pub fn always(&self, path: &str, status: u16) {
+        self.always
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), status);
+    }
+
+    pub fn requests(&self, path: &str) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for HttpRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

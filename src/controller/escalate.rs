@@ -1,0 +1,181 @@
+//! Delivery of the outbox: the shell around [`crate::escalation`].
+//!
+//! After a reconcile recorded its plan, the entries the machine wrote are due. Each due
+//! (entry, receiver) is rendered, sent, and its outcome recorded in status, so nothing is lost
+//! when the controller stops between a send and its record: the entry is sent again with the
+//! same dedup key and delivery id.
+
+use std::collections::BTreeMap;
+
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::{Context, Error, publish_as, record};
+use crate::analysis::provider::read_secrets;
+use crate::api::Rollout;
+use crate::api::endpoints::Receiver as ReceiverObject;
+use crate::api::release::Release;
+use crate::api::rollout::{DeliveryState, IncidentKind, OutboxAction, OutboxEntry};
+use crate::escalation::incident::{Sources, build as incident};
+use crate::escalation::outbox::{condition, delivery_id, due, next_due, record as note};
+use crate::escalation::receiver::{Outcome, Receiver, build, referenced_secrets};
+use crate::escalation::send::post;
+use crate::rollout::machine::set_condition;
+use crate::rollout::workload::ROLLOUT_LABEL;
+
+/// Whether any entry could still need a send: pending, or an open incident to re-send.
+fn anything_to_do(outbox: &[OutboxEntry]) -> bool {
+    outbox.iter().any(|e| {
+        e.state == DeliveryState::Pending
+            || (e.action == OutboxAction::Trigger
+                && e.kind != IncidentKind::Promoted
+                && !outbox
+                    .iter()
+                    .any(|r| r.dedup_key == e.dedup_key && r.action == OutboxAction::Resolve))
+    })
+}
+
+/// Loads a Receiver object and builds it, or says why it cannot be used.
+async fn receiver(ctx: &Context, name: &str) -> Result<Box<dyn Receiver>, String> {
+    let object = Api::<ReceiverObject>::all(ctx.client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("Receiver {name}: reading it: {e}"))?
+        .ok_or_else(|| {
+            format!("Receiver {name} does not exist (spec.escalation.receivers names it)")
+        })?;
+    let data = read_secrets(
+        &ctx.client,
+        &ctx.settings.namespace,
+        referenced_secrets(&object.spec),
+    )
+    .await
+    .map_err(|e| format!("Receiver {name}: {e}"))?;
+    build(name, &object.spec, &data, &ctx.settings.namespace)
+}
+
+/// Sends what is due for `ro` and records the outcomes. Returns the seconds until the next
+/// delivery is due, if any.
+pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Error> {
+    let Some(mut status) = ro.status.clone() else {
+        return Ok(None);
+    };
+    if !anything_to_do(&status.outbox) {
+        return Ok(None);
+    }
+    let names: Vec<String> = ro
+        .spec
+        .escalation
+        .as_ref()
+        .map(|e| e.receivers.clone())
+        .unwrap_or_default();
+    let now = crate::backtest::unix_now();
+    if names.is_empty() {
+        // Nobody to tell: the entries stay as the record of what happened.
+        let mut changed = false;
+        for e in &mut status.outbox {
+            if e.state == DeliveryState::Pending {
+                e.state = DeliveryState::Skipped;
+                changed = true;
+            }
+        }
+        if changed {
+            save(ctx, ro, status).await?;
+        }
+        return Ok(None);
+    }
+    let mut receivers: BTreeMap<String, Result<Box<dyn Receiver>, String>> = BTreeMap::new();
+    for name in &names {
+        receivers.insert(name.clone(), receiver(ctx, name).await);
+    }
+    let resend: BTreeMap<String, i64> = receivers
+        .iter()
+        .filter_map(|(n, r)| Some((n.clone(), r.as_ref().ok()?.resend_every()?)))
+        .collect();
+    let todo = due(&status.outbox, &names, &resend, now);
+    if !todo.is_empty() {
+        let ns = ro.namespace().unwrap_or_default();
+        let name = ro.name_any();
+        let releases = Api::<Release>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+            .await?
+            .items;
+        let sources = Sources {
+            namespace: &ns,
+            rollout: &name,
+            spec: &ro.spec,
+            status: &status,
+            releases: &releases,
+            graph_base: ctx.settings.graph_url.as_deref(),
+        };
+        let stamp = crate::backtest::format_time(now);
+        let sends = todo.iter().map(|d| {
+            let entry = &status.outbox[d.entry];
+            let incident = incident(&sources, entry);
+            let id = delivery_id(entry, &d.receiver);
+            let target = receivers.get(&d.receiver);
+            let stamp = &stamp;
+            async move {
+                match target {
+                    Some(Ok(r)) => match r.request(&incident, &id, stamp, now) {
+                        Some(req) => post(&ctx.http, r.as_ref(), req).await,
+                        None => Outcome::Skipped,
+                    },
+                    Some(Err(why)) => Outcome::Retry(why.clone()),
+                    None => Outcome::Retry(format!("Receiver {} was not loaded", d.receiver)),
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(sends).await;
+        for (d, outcome) in todo.iter().zip(outcomes) {
+            let entry = &mut status.outbox[d.entry];
+            let before = entry
+                .deliveries
+                .iter()
+                .find(|x| x.receiver == d.receiver)
+                .and_then(|x| x.last_error.clone());
+            note(entry, &names, &d.receiver, &outcome, now);
+            let (word, problem) = match &outcome {
+                Outcome::Delivered => ("delivered", None),
+                Outcome::Skipped => ("skipped", None),
+                Outcome::Retry(why) => ("retry", Some(why)),
+                Outcome::Refused(why) => ("refused", Some(why)),
+            };
+            ctx.metrics.escalation(&d.receiver, word);
+            match problem {
+                Some(why) if before.as_ref() != Some(why) => {
+                    tracing::warn!(rollout = %super::key(ro), receiver = %d.receiver, key = %entry.dedup_key, "{why}");
+                    let action = format!("Escalate/{}", d.receiver);
+                    publish_as(ctx, ro, true, "EscalationFailed", &action, why).await;
+                }
+                None if word == "delivered" && !d.resend => {
+                    tracing::info!(rollout = %super::key(ro), receiver = %d.receiver, key = %entry.dedup_key, action = ?entry.action, "escalation delivered");
+                }
+                _ => {}
+            }
+        }
+    }
+    let (ok, reason, message) = condition(&status.outbox);
+    set_condition(
+        &mut status,
+        "EscalationDelivered",
+        ok,
+        reason,
+        &message,
+        now,
+    );
+    let next = next_due(&status.outbox, &names, &resend, now);
+    save(ctx, ro, status).await?;
+    Ok(next.map(|s| s.max(1) as u64))
+}
+
+async fn save(
+    ctx: &Context,
+    ro: &mut Rollout,
+    status: crate::api::rollout::RolloutStatus,
+) -> Result<(), Error> {
+    let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ro.namespace().unwrap_or_default());
+    record(&api, ro, &status).await?;
+    ro.status = Some(status);
+    Ok(())
+}

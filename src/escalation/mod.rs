@@ -1,0 +1,14 @@
+//! Escalation: from the outbox entries the rollout machine writes to what incident commanders
+//! receive.
+//!
+//! - [`incident`] builds the one [`incident::Incident`] model from the Rollout and its Releases;
+//! - [`wire`] renders it for Alertmanager, PagerDuty, Slack and a signed webhook (pure);
+//! - [`receiver`] is the `Receiver` trait: incident → HTTP request, HTTP status → outcome;
+//! - [`outbox`] decides which deliveries are due and records their outcomes (pure);
+//! - [`send`] is the only I/O.
+
+pub mod incident;
+pub mod outbox;
+pub mod receiver;
+pub mod send;
+pub mod wire;
