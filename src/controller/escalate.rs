@@ -15,25 +15,14 @@ use crate::analysis::provider::read_secrets;
 use crate::api::Rollout;
 use crate::api::endpoints::Receiver as ReceiverObject;
 use crate::api::release::Release;
-use crate::api::rollout::{DeliveryState, IncidentKind, OutboxAction, OutboxEntry};
 use crate::escalation::incident::{Sources, build as incident};
-use crate::escalation::outbox::{condition, delivery_id, due, next_due, record as note};
+use crate::escalation::outbox::{
+    anything_to_do, condition, delivery_id, due, next_due, record as note, skip_unrouted,
+};
 use crate::escalation::receiver::{Outcome, Receiver, build, referenced_secrets};
 use crate::escalation::send::post;
 use crate::rollout::machine::set_condition;
 use crate::rollout::workload::ROLLOUT_LABEL;
-
-/// Whether any entry could still need a send: pending, or an open incident to re-send.
-fn anything_to_do(outbox: &[OutboxEntry]) -> bool {
-    outbox.iter().any(|e| {
-        e.state == DeliveryState::Pending
-            || (e.action == OutboxAction::Trigger
-                && e.kind != IncidentKind::Promoted
-                && !outbox
-                    .iter()
-                    .any(|r| r.dedup_key == e.dedup_key && r.action == OutboxAction::Resolve))
-    })
-}
 
 /// Loads a Receiver object and builds it, or says why it cannot be used.
 async fn receiver(ctx: &Context, name: &str) -> Result<Box<dyn Receiver>, String> {
@@ -71,15 +60,7 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
         .unwrap_or_default();
     let now = crate::backtest::unix_now();
     if names.is_empty() {
-        // Nobody to tell: the entries stay as the record of what happened.
-        let mut changed = false;
-        for e in &mut status.outbox {
-            if e.state == DeliveryState::Pending {
-                e.state = DeliveryState::Skipped;
-                changed = true;
-            }
-        }
-        if changed {
+        if skip_unrouted(&mut status.outbox) {
             save(ctx, ro, status).await?;
         }
         return Ok(None);

@@ -47,6 +47,37 @@ pub fn delivery_id(entry: &OutboxEntry, receiver: &str) -> String {
     ))
 }
 
+/// A Trigger that no Resolve has followed yet (promotions are never open).
+fn open(outbox: &[OutboxEntry], entry: &OutboxEntry) -> bool {
+    entry.action == OutboxAction::Trigger
+        && entry.kind != IncidentKind::Promoted
+        && !outbox
+            .iter()
+            .any(|e| e.dedup_key == entry.dedup_key && e.action == OutboxAction::Resolve)
+}
+
+/// Whether any entry may still need a send (pending, or open and so re-sent to Alertmanager):
+/// without one, the Receivers need not even be read.
+pub fn anything_to_do(outbox: &[OutboxEntry]) -> bool {
+    outbox
+        .iter()
+        .any(|e| e.state == DeliveryState::Pending || open(outbox, e))
+}
+
+/// With no receiver named, pending entries stay only as the record of what happened: Skipped.
+/// Returns whether any changed.
+pub fn skip_unrouted(outbox: &mut [OutboxEntry]) -> bool {
+    let mut changed = false;
+    for e in outbox
+        .iter_mut()
+        .filter(|e| e.state == DeliveryState::Pending)
+    {
+        e.state = DeliveryState::Skipped;
+        changed = true;
+    }
+    changed
+}
+
 /// When `(entry, receiver)` should be sent next (unix seconds), None when never again.
 fn next_send(
     outbox: &[OutboxEntry],
@@ -77,13 +108,8 @@ fn next_send(
         }
         Some(d) if d.state == DeliveryState::Delivered => {
             let every = *resend.get(receiver)?;
-            let resolved = outbox
-                .iter()
-                .any(|e| e.dedup_key == entry.dedup_key && e.action == OutboxAction::Resolve);
-            let open = entry.action == OutboxAction::Trigger
-                && entry.kind != IncidentKind::Promoted
-                && !resolved;
-            open.then(|| (at(d.last_attempt_at.as_deref()).unwrap_or(0) + every, true))
+            open(outbox, entry)
+                .then(|| (at(d.last_attempt_at.as_deref()).unwrap_or(0) + every, true))
         }
         Some(_) => None,
     }
@@ -369,6 +395,41 @@ mod tests {
         assert_eq!(delivery_id(&trigger, "pd"), delivery_id(&again, "pd"));
         assert_ne!(delivery_id(&trigger, "pd"), delivery_id(&resolve, "pd"));
         assert_ne!(delivery_id(&trigger, "pd"), delivery_id(&trigger, "hook"));
+    }
+
+    #[test]
+    fn only_pending_or_open_entries_need_the_receivers() {
+        let rs = names(&["pd"]);
+        let mut outbox = vec![entry(OutboxAction::Trigger, "a")];
+        assert!(anything_to_do(&outbox), "pending");
+        record(&mut outbox[0], &rs, "pd", &Outcome::Delivered, 1);
+        assert!(
+            anything_to_do(&outbox),
+            "delivered but open: Alertmanager re-sends it"
+        );
+        let mut resolve = entry(OutboxAction::Resolve, "b");
+        record(&mut resolve, &rs, "pd", &Outcome::Delivered, 2);
+        outbox.push(resolve);
+        assert!(!anything_to_do(&outbox), "resolved and delivered");
+        let mut promoted = entry(OutboxAction::Trigger, "c");
+        promoted.kind = IncidentKind::Promoted;
+        record(&mut promoted, &rs, "pd", &Outcome::Delivered, 3);
+        assert!(!anything_to_do(&[promoted]), "a promotion is never open");
+    }
+
+    #[test]
+    fn without_receivers_pending_entries_are_skipped() {
+        let mut outbox = vec![
+            entry(OutboxAction::Trigger, "a"),
+            entry(OutboxAction::Resolve, "b"),
+        ];
+        outbox[1].state = DeliveryState::Delivered;
+        assert!(skip_unrouted(&mut outbox));
+        assert_eq!(
+            outbox.iter().map(|e| e.state).collect::<Vec<_>>(),
+            vec![DeliveryState::Skipped, DeliveryState::Delivered]
+        );
+        assert!(!skip_unrouted(&mut outbox), "nothing left to change");
     }
 
     #[test]
