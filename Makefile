@@ -1,5 +1,5 @@
 # The two entry points; everything they need is installed or built by the scripts they call.
-.PHONY: demo test crds env-build env-up env-down env-status
+.PHONY: demo test crds dashboard env-build env-up env-down env-status
 
 demo: ## bring up the local environment and run the story
 	bash scripts/demo
@@ -15,6 +15,9 @@ env-down:
 	bash scripts/env down
 env-status:
 	bash scripts/env status
+
+dashboard: ## rewrite the chart's Grafana dashboard from scripts/dashboard.py
+	python3 scripts/dashboard.py
 
 crds: ## regenerate the committed CRDs (crds/ and the chart's copy) from the Rust types
 	bash -c 'source scripts/common.sh && cargo run --quiet -- crds --dir crds --dir charts/rollguard/files/crds'

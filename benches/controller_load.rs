@@ -2,7 +2,10 @@
 //! `source target/env/env.sh`): N Rollouts become stable, then all N canaries progress at once
 //! with their analysis running. Prints the controller's resident memory and CPU for each stage.
 //!
-//! `cargo bench --bench controller_load` (N = 50), or `-- --rollouts N`.
+//! `cargo bench --bench controller_load` (N = 50), or `-- --rollouts N [--progressing M]` to
+//! move only the first M of them to a new digest (500 idle and 50 progressing:
+//! `-- --rollouts 500 --progressing 50`). Past 300 pods the bench adds kwok nodes of its own,
+//! and removes them at the end.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -25,7 +28,7 @@ fn target(name: &str, digest: &str) -> serde_json::Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {
-            "replicas": 2,
+            "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
@@ -106,25 +109,69 @@ async fn wait_for(
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let n: usize = match args.iter().position(|a| a == "--rollouts") {
-        None => 50,
+/// A positive count given as `--flag N`, or `default` when the flag is absent.
+fn count_flag(args: &[String], flag: &str, default: usize) -> usize {
+    match args.iter().position(|a| a == flag) {
+        None => default,
         Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
             Some(n) if n > 0 => n,
             _ => {
-                eprintln!("controller_load: --rollouts takes a positive count");
+                eprintln!("controller_load: {flag} takes a positive count");
                 std::process::exit(2);
             }
         },
-    };
+    }
+}
+
+/// Fake nodes for the pods of many Rollouts: the environment's three hold 330.
+async fn add_nodes(client: &kube::Client, pods: usize) -> Vec<String> {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    let mut names = Vec::new();
+    for i in 0..pods.div_ceil(250) {
+        let name = format!("kwok-bench-{i}");
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                         "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            "status": {"capacity": {"cpu": "64", "memory": "512Gi", "pods": "250"},
+                       "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "250"}},
+        }))
+        .expect("node");
+        nodes
+            .patch(
+                &name,
+                &kube::api::PatchParams::apply("rollguard-bench").force(),
+                &kube::api::Patch::Apply(&node),
+            )
+            .await
+            .expect("a bench node");
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n = count_flag(&args, "--rollouts", 50);
+    let m = count_flag(&args, "--progressing", n);
+    if m > n {
+        eprintln!("controller_load: --progressing {m} is more than --rollouts {n}");
+        std::process::exit(2);
+    }
     if std::env::var("KUBECONFIG").is_err() {
         eprintln!("controller_load: {NOT_UP}");
         std::process::exit(2);
     }
     let ns = TestNamespace::create("load").await;
     install_crds(&ns.client).await;
+    // Each Rollout holds a target pod until it is stable, then a stable pod, and a canary pod
+    // while progressing: about two pods each at the peak.
+    let nodes = if 2 * n + m > 300 {
+        add_nodes(&ns.client, 2 * n + m).await
+    } else {
+        Vec::new()
+    };
     let provider = format!("prom-{}", ns.name);
     let mp = core_resource(
         "rollguard.dev/v1alpha1",
@@ -201,6 +248,7 @@ async fn main() {
         ns.name
     );
     let controller = ControllerProcess::start_with(&log, &[("RUST_LOG", "info,kube=warn")]);
+    let ns_client = ns.client.clone();
     let pid = controller.id();
     let rollouts = Api::<Rollout>::namespaced(ns.client.clone(), &ns.name);
     let phase =
@@ -209,16 +257,16 @@ async fn main() {
     eprintln!("sampling the controller with {n} stable Rollouts for 20 s");
     let idle = sample(pid, 20).await;
 
-    for i in 0..n {
+    for i in 0..m {
         ns.apply(&deploy, target(&format!("svc{i:03}"), B)).await;
     }
-    let t_progress = wait_for("progressing at 10%", n, &rollouts, |r| {
+    let t_progress = wait_for("progressing at 10%", m, &rollouts, |r| {
         r.status.as_ref().is_some_and(|s| {
             s.phase == Some(RolloutPhase::Progressing) && s.step_started_at.is_some()
         })
     })
     .await;
-    eprintln!("sampling the controller with {n} canaries under analysis for 30 s");
+    eprintln!("sampling the controller with {m} of {n} canaries under analysis for 30 s");
     let busy = sample(pid, 30).await;
     let measured = count(&rollouts, |r| {
         r.status
@@ -234,18 +282,23 @@ async fn main() {
         "| {n} Rollouts | time to reach | controller RSS peak | RSS at end | CPU (one core) |"
     );
     println!("|---|---:|---:|---:|---:|");
+    let busy_stage = format!("{m} progressing, analysis every 5 s");
     for (stage, t, (peak, last, cpu)) in [
-        ("stable (idle)", t_stable, idle),
-        ("progressing, analysis every 5 s", t_progress, busy),
+        ("all stable (idle)", t_stable, idle),
+        (busy_stage.as_str(), t_progress, busy),
     ] {
         println!(
             "| {stage} | {:.0} s | {peak:.1} MiB | {last:.1} MiB | {cpu:.1}% |",
             t.as_secs_f64()
         );
     }
-    println!("\n{measured} of {n} canaries had measured evidence in status at the end.");
+    println!("\n{measured} of {m} canaries had measured evidence in status at the end.");
     let _ = Api::<DynamicObject>::all_with(ns.client.clone(), &mp)
         .delete(&provider, &Default::default())
         .await;
     ns.cleanup().await;
+    let node_api = Api::<k8s_openapi::api::core::v1::Node>::all(ns_client);
+    for name in nodes {
+        let _ = node_api.delete(&name, &Default::default()).await;
+    }
 }

@@ -114,13 +114,22 @@ pub struct ControllerArgs {
     /// addresses are in-cluster names people cannot open.
     #[arg(long, env = "ROLLGUARD_GRAPH_URL")]
     graph_url: Option<String>,
-    /// Leader election Lease (issue 7; accepted now so the chart's flags parse).
-    #[arg(long, default_value = "rollguard")]
+    /// The leader Lease, in the controller's namespace. Replicas with the same Lease elect one
+    /// leader; the others keep their caches warm and write nothing.
+    #[arg(long, default_value = "rollguard-leader", env = "ROLLGUARD_LEASE_NAME")]
     lease_name: String,
+    /// How long a leader's claim holds without renewal: a standby takes over this long after
+    /// the leader's last renewal (whole seconds).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: std::time::Duration,
+    /// The leader renews this long after its last renewal. It stops writing halfway between
+    /// this and the lease duration if the renewal did not land.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     renew_deadline: std::time::Duration,
+    /// A canary started this soon after a rollback of the same Rollout counts as rework
+    /// (`rollguard_rework_deployments_total`).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    rework_window: std::time::Duration,
     /// `json` for one JSON object per line, `text` for people.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -208,14 +217,20 @@ pub fn run() -> anyhow::Result<()> {
             .context("starting the runtime")?
             .block_on(backtest(*args)),
         Command::Controller(args) => {
-            init_logs(args.log_format);
-            tracing::info!(lease = %args.lease_name, lease_duration = ?args.lease_duration, renew_deadline = ?args.renew_deadline, "leader election is not built yet: run one replica");
-            runtime(true)?.block_on(crate::controller::run(crate::controller::Settings {
-                listen: args.listen,
-                namespace: args.namespace,
-                concurrency: args.concurrency,
-                graph_url: args.graph_url,
-            }))
+            let log = init_logs(args.log_format);
+            runtime(true)?.block_on(crate::controller::run(
+                crate::controller::Settings {
+                    listen: args.listen,
+                    namespace: args.namespace,
+                    concurrency: args.concurrency,
+                    graph_url: args.graph_url,
+                    lease_name: args.lease_name,
+                    lease_duration: args.lease_duration,
+                    renew_deadline: args.renew_deadline,
+                    rework_window: args.rework_window,
+                },
+                Some(log),
+            ))
         }
         Command::Status {
             rollout,
@@ -266,17 +281,49 @@ fn runtime(threads: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the runtime")
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+/// Logs to stderr, filtered by `RUST_LOG` (default `info,kube=warn`); the filter can be
+/// replaced while the controller runs (`PUT /log-level`).
+fn init_logs(format: LogFormat) -> crate::controller::http::LogLevel {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    const DEFAULT: &str = "info,kube=warn";
+    let (directives, filter) = match std::env::var("RUST_LOG") {
+        Ok(d) if !d.trim().is_empty() => match tracing_subscriber::EnvFilter::builder().parse(&d) {
+            Ok(f) => (d, f),
+            Err(e) => {
+                eprintln!("RUST_LOG={d:?} is not a valid filter ({e}); using {DEFAULT:?}");
+                (
+                    DEFAULT.to_owned(),
+                    tracing_subscriber::EnvFilter::new(DEFAULT),
+                )
+            }
+        },
+        _ => (
+            DEFAULT.to_owned(),
+            tracing_subscriber::EnvFilter::new(DEFAULT),
+        ),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
+    crate::controller::http::LogLevel::new(handle, &directives)
 }
 
 fn send(a: RequestArgs, action: RequestAction) -> anyhow::Result<()> {

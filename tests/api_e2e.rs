@@ -395,3 +395,54 @@ async fn receivers_take_exactly_one_endpoint() {
         "{err}"
     );
 }
+
+/// Release history is written with the resourceVersion it was read at: eight writers
+/// appending at once (the controller and `rollguard override` in real life) lose no entry.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn concurrent_history_writers_lose_no_entry() {
+    let ns = TestNamespace::create("e2e-api-history").await;
+    install_crds(&ns.client).await;
+    apply(
+        &ns.client,
+        Some(&ns.name),
+        &resource("Release", "releases"),
+        &release(&format!("registry.example/checkout@{DIGEST}")),
+    )
+    .await
+    .expect("valid Release");
+    let api = Api::<rollguard::api::release::Release>::namespaced(ns.client.clone(), &ns.name);
+    let writers = (0..8).map(|i| {
+        let api = api.clone();
+        async move {
+            let entry = rollguard::api::release::HistoryEntry {
+                action: "note".into(),
+                by: format!("writer-{i}"),
+                at: "2026-11-22T10:00:00Z".into(),
+                reason: None,
+            };
+            rollguard::ops::record_history(&api, "checkout-1d6f3b8e2c7a", &entry, json!({})).await
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    let history = api
+        .get("checkout-1d6f3b8e2c7a")
+        .await
+        .expect("release")
+        .status
+        .unwrap_or_default()
+        .history;
+    let by: std::collections::BTreeSet<String> = history.iter().map(|e| e.by.clone()).collect();
+    println!(
+        "8 concurrent history writers: {} entries kept, {} gave up after repeated conflicts",
+        by.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(by.len(), 8, "an entry was lost: {by:?}");
+    ns.cleanup().await;
+}

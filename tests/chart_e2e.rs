@@ -185,6 +185,31 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
     let monitor = one(&ha, "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 
+    // The Grafana dashboard: the JSON the repository holds, labelled for the sidecar.
+    let dashboard = one(&objects, "ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value = serde_json::from_str(
+        dashboard["data"]["rollguard.json"]
+            .as_str()
+            .expect("the dashboard's JSON"),
+    )
+    .expect("the dashboard is JSON");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/rollguard/dashboards/rollguard.json"))
+            .expect("dashboard file"),
+    )
+    .expect("JSON");
+    assert_eq!(json, file);
+    assert!(
+        container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--rework-window=24h")
+    );
+    let no_dashboard = render("rollguard-system", &["grafanaDashboard.enabled=false"]);
+    assert_eq!(count(&no_dashboard, "ConfigMap"), 0);
+
     let no_crds = render("rollguard-system", &["crds.install=false"]);
     assert_eq!(count(&no_crds, "CustomResourceDefinition"), 0);
     assert_eq!(count(&no_crds, "Deployment"), 1);
@@ -405,6 +430,8 @@ async fn chart_service_account_may_do_what_the_controller_needs_and_no_more() {
     for (verb, name, expected) in [
         ("create", None, true),
         ("update", Some("rollguard-leader"), true),
+        ("watch", Some("rollguard-leader"), true),
+        ("watch", None, false),
         ("update", Some("someone-elses-lease"), false),
         ("delete", Some("rollguard-leader"), false),
     ] {

@@ -565,7 +565,7 @@ impl Fixture {
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
     let fx = Fixture::new("ctl", &Scenario::default()).await;
-    let _controller = fx.controller();
+    let controller = fx.controller();
     fx.initialized().await;
     fx.promoted(GOOD_B, 2).await;
     assert_eq!(
@@ -610,6 +610,62 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
         "no canary for a blocked digest"
     );
     assert_eq!(fx.status().await.phase, Some(RolloutPhase::Blocked));
+
+    // What /metrics says about it: one promotion, one rollback with its times, no digests.
+    let text = controller.metrics().await;
+    let ns = &fx.ns.name;
+    let of = |series: String| sample(&text, &series);
+    let deployments = |result: &str| {
+        of(format!(
+            r#"rollguard_deployments_total{{namespace="{ns}",rollout="web",result="{result}"}}"#
+        ))
+    };
+    assert_eq!(deployments("promoted"), Some(1.0), "{text}");
+    assert_eq!(deployments("rolled_back"), Some(1.0), "{text}");
+    assert_eq!(deployments("aborted"), None, "{text}");
+    for histogram in [
+        "breach_to_weight_zero_seconds",
+        "weight_zero_to_recovery_seconds",
+        "breach_to_recovery_seconds",
+    ] {
+        assert_eq!(
+            of(format!(
+                r#"rollguard_{histogram}_count{{namespace="{ns}"}}"#
+            )),
+            Some(1.0),
+            "{histogram}: {text}"
+        );
+    }
+    let to_zero = of(format!(
+        r#"rollguard_breach_to_weight_zero_seconds_sum{{namespace="{ns}"}}"#
+    ))
+    .expect("a time to roll back");
+    assert!((0.0..120.0).contains(&to_zero), "{to_zero}");
+    assert_eq!(
+        of(format!(
+            r#"rollguard_rollout_phase{{namespace="{ns}",rollout="web",phase="Blocked"}}"#
+        )),
+        Some(1.0)
+    );
+    assert!(
+        of(r#"rollguard_measurements_total{metric="error-rate",verdict="Fail"}"#.into())
+            .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        of(format!(
+            r#"rollguard_prometheus_query_seconds_count{{provider="{}"}}"#,
+            fx.provider
+        ))
+        .is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+    assert_eq!(of("rollguard_leader".into()), Some(1.0));
+    assert!(
+        !text.contains("sha256") && !text.contains("cccccccc"),
+        "no digest labels"
+    );
+    println!("time to roll back (breach to verified weight 0), from /metrics: {to_zero:.0} s");
     fx.cleanup().await;
 }
 
@@ -1483,5 +1539,418 @@ async fn a_receiver_down_for_two_minutes_gets_the_incident_once_when_it_returns(
         .expect("condition");
     assert_eq!(c.status, "True", "{}", c.message);
     delete_receivers(&client, std::slice::from_ref(&name)).await;
+    fx.cleanup().await;
+}
+
+/// The holder of a Lease in the controllers' namespace.
+async fn lease_holder(client: &Client, name: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+/// Which of two controllers holds the Lease (identities end with the process id): returns
+/// (leader, standby).
+async fn leader_of(
+    client: &Client,
+    lease: &str,
+    a: ControllerProcess,
+    b: ControllerProcess,
+) -> (ControllerProcess, ControllerProcess) {
+    let holder = eventually("a leader", Duration::from_secs(30), || async {
+        lease_holder(client, lease).await
+    })
+    .await;
+    if holder.ends_with(&format!("-{}", a.id())) {
+        (a, b)
+    } else {
+        assert!(holder.ends_with(&format!("-{}", b.id())), "{holder}");
+        (b, a)
+    }
+}
+
+/// Waits until process `id` holds the Lease; returns the time since `since`.
+async fn holds_lease(client: &Client, lease: &str, id: u32, since: Instant) -> Duration {
+    eventually(
+        "the standby holding the Lease",
+        Duration::from_secs(40),
+        || async {
+            lease_holder(client, lease)
+                .await
+                .filter(|h| h.ends_with(&format!("-{id}")))
+                .map(|_| since.elapsed())
+        },
+    )
+    .await
+}
+
+/// Two controllers on one Lease of the test's own, once the first digest is stable: the
+/// Lease's name, the leader and the standby.
+async fn two_replicas(
+    fx: &Fixture,
+    prefix: &str,
+) -> (String, ControllerProcess, ControllerProcess) {
+    let lease = format!("{prefix}-{}", fx.ns.name);
+    let flags = ["--lease-name", lease.as_str()];
+    let a = ControllerProcess::launch(&format!("{}.a", fx.log()), &[], &flags);
+    let b = ControllerProcess::launch(&format!("{}.b", fx.log()), &[], &flags);
+    fx.initialized().await;
+    let (leader, standby) = leader_of(&fx.ns.client, &lease, a, b).await;
+    (lease, leader, standby)
+}
+
+/// Three 4-second steps: long enough to kill or freeze the leader in the middle.
+fn failover_scenario() -> Scenario {
+    Scenario {
+        steps: json!([
+            {"setWeight": 10, "duration": "4s"},
+            {"setWeight": 30, "duration": "4s"},
+            {"setWeight": 50, "duration": "4s"},
+        ]),
+        ..Scenario::default()
+    }
+}
+
+/// The reasons since the last CanaryStarted: what happened to the current canary.
+fn since_canary(s: &RolloutStatus) -> Vec<String> {
+    let reasons: Vec<String> = s.timeline.iter().map(|t| t.reason.clone()).collect();
+    let from = reasons
+        .iter()
+        .rposition(|r| r == "CanaryStarted")
+        .unwrap_or(0);
+    reasons[from..].to_vec()
+}
+
+/// Two replicas on one Lease: one leads, the other stands by with warm caches and writes
+/// nothing. SIGKILL of the leader mid-rollout: the standby takes over within the lease duration
+/// plus 5 s and finishes the rollout, every step once.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_killed_leader_is_replaced_within_the_lease_duration() {
+    let fx = Fixture::new("e2e-failover", &failover_scenario()).await;
+    let (lease, leader, standby) = two_replicas(&fx, "failover").await;
+    let standby_text = standby.metrics().await;
+    assert_eq!(sample(&standby_text, "rollguard_leader"), Some(0.0));
+    assert_eq!(
+        sample(
+            &standby_text,
+            r#"rollguard_kube_writes_total{outcome="ok"}"#
+        ),
+        None,
+        "a standby writes nothing"
+    );
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", standby.port))
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status(),
+        200,
+        "a standby is ready: its caches are warm"
+    );
+    assert_eq!(
+        ready.text().await.unwrap_or_default().trim(),
+        "ready (standby)"
+    );
+
+    fx.set_target(GOOD_B).await;
+    fx.wait_first_step().await;
+    let standby_id = standby.id();
+    let killed = Instant::now();
+    leader.kill();
+    let took_over = holds_lease(&fx.ns.client, &lease, standby_id, killed).await;
+    let first_write = eventually(
+        "the new leader's first write",
+        Duration::from_secs(40),
+        || async {
+            sample(
+                &standby.metrics().await,
+                r#"rollguard_kube_writes_total{outcome="ok"}"#,
+            )
+            .filter(|n| *n > 0.0)
+            .map(|_| killed.elapsed())
+        },
+    )
+    .await;
+    println!(
+        "failover after SIGKILL of the leader (lease 15s): Lease taken over in {took_over:.1?}, first write in {first_write:.1?}"
+    );
+    assert!(
+        took_over <= Duration::from_secs(15 + 5),
+        "took over in {took_over:?}, more than the lease duration plus 5 s"
+    );
+    let done = fx.promoted(GOOD_B, 3).await;
+    let reasons = since_canary(&done);
+    let count = |r: &str| reasons.iter().filter(|x| *x == r).count();
+    assert_eq!(count("Promoted"), 1, "{reasons:?}");
+    assert_eq!(count("RollbackStarted"), 0, "{reasons:?}");
+    let releases = fx
+        .releases
+        .list(&ListParams::default())
+        .await
+        .expect("releases");
+    assert_eq!(releases.items.len(), 2, "one Release per digest");
+    fx.cleanup().await;
+}
+
+/// The leader frozen (SIGSTOP) past its lease while the standby takes over; thawed (SIGCONT),
+/// it must make no successful write: its fence closed by the clock, before it learns anything.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_leader_thawed_after_losing_its_lease_makes_no_write() {
+    let fx = Fixture::new("e2e-frozen", &failover_scenario()).await;
+    let (lease, leader, standby) = two_replicas(&fx, "frozen").await;
+    fx.set_target(GOOD_B).await;
+    fx.wait_first_step().await;
+    leader.signal("STOP");
+    let frozen = Instant::now();
+    let standby_id = standby.id();
+    let took_over = holds_lease(&fx.ns.client, &lease, standby_id, frozen).await;
+    // Let the new leader move the rollout on, so the old one has stale work to come back to.
+    eventually(
+        "the new leader at a later step",
+        Duration::from_secs(60),
+        || async {
+            let s = fx.status().await;
+            (s.canary_weight.unwrap_or(0) > 10 || s.phase == Some(RolloutPhase::Stable))
+                .then_some(())
+        },
+    )
+    .await;
+    let offset = std::fs::metadata(&leader.log).map(|m| m.len()).unwrap_or(0);
+    leader.signal("CONT");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let log = std::fs::read(&leader.log).expect("leader log");
+    let after = String::from_utf8_lossy(&log[offset as usize..]).to_string();
+    let written: Vec<&str> = after
+        .lines()
+        .filter(|l| {
+            l.contains("rollguard::writes") && l.contains("write ") && !l.contains("fenced")
+        })
+        .collect();
+    let fenced = after
+        .lines()
+        .filter(|l| l.contains("rollguard::writes") && l.contains("fenced "))
+        .count();
+    let old = leader.metrics().await;
+    println!(
+        "SIGSTOP of the leader: standby took over after {took_over:.1?}; after SIGCONT the old leader sent {} writes and {fenced} were refused by its fence; it reports rollguard_leader {:?}",
+        written.len(),
+        sample(&old, "rollguard_leader")
+    );
+    assert!(
+        written.is_empty(),
+        "the thawed leader wrote:\n{}",
+        written.join("\n")
+    );
+    assert_eq!(sample(&old, "rollguard_leader"), Some(0.0));
+    assert!(
+        lease_holder(&fx.ns.client, &lease)
+            .await
+            .is_some_and(|h| h.ends_with(&format!("-{standby_id}"))),
+        "the new leader keeps the Lease"
+    );
+    let done = fx.promoted(GOOD_B, 3).await;
+    assert_eq!(
+        since_canary(&done)
+            .iter()
+            .filter(|r| *r == "Promoted")
+            .count(),
+        1
+    );
+    fx.cleanup().await;
+}
+
+/// A kubeconfig for a ServiceAccount's token, on the local environment's apiserver.
+fn service_account_kubeconfig(namespace: &str, account: &str, path: &str) {
+    let token = run_ok(
+        "kubectl",
+        &[
+            "create",
+            "token",
+            account,
+            "-n",
+            namespace,
+            "--duration",
+            "2h",
+        ],
+        None,
+    );
+    let current: Value = serde_json::from_str(&run_ok(
+        "kubectl",
+        &["config", "view", "--raw", "--minify", "-o", "json"],
+        None,
+    ))
+    .expect("kubeconfig as JSON");
+    let cluster = current["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": account, "context": {"cluster": "local", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    });
+    std::fs::write(path, config.to_string()).expect("write the kubeconfig");
+}
+
+/// The controller as the chart's ServiceAccount (a token for it, run locally: under kwok a pod
+/// runs no process) goes through the rollback scenario with the chart's RBAC and nothing more.
+/// Then `patch` on HTTPRoutes is taken away: the next canary's weight cannot be written, and
+/// the Rollout says which verb on which resource is missing instead of retrying in a loop.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permission() {
+    let home = TestNamespace::create("e2e-chart-home").await;
+    let release = unique("rg");
+    let chart = repo_root().join("charts/rollguard").display().to_string();
+    run_ok(
+        "helm",
+        &[
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            &home.name,
+            "--set",
+            "crds.install=false",
+        ],
+        None,
+    );
+    let account = format!("{release}-rollguard");
+    let fx = Fixture::new("e2e-chart-sa", &Scenario::default()).await;
+    let kubeconfig = format!("{}.kubeconfig", fx.log());
+    service_account_kubeconfig(&home.name, &account, &kubeconfig);
+    let controller = ControllerProcess::launch(
+        &fx.log(),
+        &[("KUBECONFIG", &kubeconfig)],
+        &[
+            "--namespace",
+            &home.name,
+            "--lease-name",
+            "rollguard-leader",
+        ],
+    );
+    fx.initialized().await;
+    fx.set_target(BAD_C).await;
+    fx.wait_first_step().await;
+    fx.fault("canary", ERRORS).await;
+    fx.weight_back_to_zero(Duration::from_secs(120)).await;
+    fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
+    let log = std::fs::read_to_string(fx.log()).unwrap_or_default();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("forbidden")).collect();
+    assert!(
+        refused.is_empty(),
+        "the chart's RBAC refused the controller:\n{}",
+        refused.join("\n")
+    );
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        home.client.clone(),
+        &home.name,
+    )
+    .get("rollguard-leader")
+    .await
+    .expect("the leader Lease in the chart's namespace");
+    assert!(
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| h.ends_with(&format!("-{}", controller.id())))
+    );
+
+    // Take `patch` on HTTPRoutes away from the chart's ClusterRole.
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(fx.ns.client.clone());
+    let mut role = roles.get(&account).await.expect("the chart's ClusterRole");
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.resources.iter().flatten().any(|r| r == "httproutes") {
+            rule.verbs.retain(|v| v != "patch");
+        }
+    }
+    roles
+        .replace(&account, &Default::default(), &role)
+        .await
+        .expect("replace the ClusterRole");
+    fx.set_target(GOOD_B).await;
+    let denied = eventually(
+        "a PermissionDenied condition",
+        Duration::from_secs(90),
+        || async {
+            fx.status()
+                .await
+                .conditions
+                .into_iter()
+                .find(|c| c.reason == "PermissionDenied")
+        },
+    )
+    .await;
+    println!("condition: {}", denied.message);
+    assert!(
+        denied
+            .message
+            .contains("may not patch httproutes.gateway.networking.k8s.io")
+            && denied.message.contains(&account),
+        "{}",
+        denied.message
+    );
+    // Not a hot loop: once the canary's Deployments have settled, no more attempts for minutes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let failures = || {
+        std::fs::read_to_string(fx.log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("reconcile failed") && l.contains(&fx.ns.name))
+            .count()
+    };
+    let before = failures();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let again = failures() - before;
+    println!(
+        "failed reconciles in the 30 s after the condition settled: {again} ({before} before)"
+    );
+    assert!(
+        again <= 1,
+        "{again} failed reconciles in 30 s: a retry loop"
+    );
+    drop(controller);
+    run_ok(
+        "helm",
+        &["uninstall", &release, "--namespace", &home.name],
+        None,
+    );
+    fx.cleanup().await;
+    home.cleanup().await;
+}
+
+/// SIGTERM to the leader in the middle of a rollback: it finishes the plan in flight, starts
+/// no other, exits 0 and releases the Lease, so the standby takes over at once (not after the
+/// lease duration) and completes the saga with every step once and one incident.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn sigterm_mid_rollback_hands_the_lease_over_at_once() {
+    let fx = Fixture::new("e2e-handover", &Scenario::default()).await;
+    let (lease, leader, standby) = two_replicas(&fx, "handover").await;
+    fx.set_target(BAD_C).await;
+    fx.wait_first_step().await;
+    fx.fault("canary", ERRORS).await;
+    fx.wait_phase(RolloutPhase::RollingBack, None, Duration::from_secs(60))
+        .await;
+    let standby_id = standby.id();
+    let asked = Instant::now();
+    let exit = leader.terminate(Duration::from_secs(20));
+    let stopped = asked.elapsed();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the leader exits 0 after SIGTERM: {exit:?}"
+    );
+    let took_over = holds_lease(&fx.ns.client, &lease, standby_id, asked).await;
+    println!(
+        "SIGTERM mid-rollback: the leader stopped in {stopped:.1?}; the standby held the Lease {took_over:.1?} after the signal"
+    );
+    assert!(
+        took_over < Duration::from_secs(5),
+        "the Lease was handed over in {took_over:?}: not released on shutdown?"
+    );
+    fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
     fx.cleanup().await;
 }

@@ -3,7 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::sync::Arc;
+
 use kube::{Api, Client};
+
+use super::metrics::Metrics;
+use crate::analysis::source::{MetricSource, Series, SourceError};
 
 use crate::analysis::judge::Arm as JudgeArm;
 use crate::analysis::provider::{allows, connect};
@@ -31,7 +36,8 @@ pub struct LiveRun {
     /// What is judged: the canary's Release, or `verify/<release>` after a promotion.
     pub id: String,
     runs: Vec<(String, AnalysisRun)>,
-    sources: HashMap<String, PrometheusSource>,
+    sources: HashMap<String, Timed>,
+    metrics: Arc<Metrics>,
     /// Each metric's provider, for the evidence's graph links.
     provider_of: HashMap<String, String>,
     /// Providers that could not be used, with why; their metrics fail to query.
@@ -49,6 +55,7 @@ impl LiveRun {
         rollout: &Rollout,
         id: &str,
         judged: Judged,
+        metrics: Arc<Metrics>,
     ) -> Result<LiveRun, String> {
         let namespace = rollout.metadata.namespace.clone().unwrap_or_default();
         let name = rollout.metadata.name.clone().unwrap_or_default();
@@ -123,7 +130,12 @@ impl LiveRun {
             };
             match result {
                 Ok(source) => {
-                    sources.insert(p, source);
+                    let timed = Timed {
+                        provider: p.clone(),
+                        source,
+                        metrics: metrics.clone(),
+                    };
+                    sources.insert(p, timed);
                 }
                 Err(e) => {
                     broken.insert(p, e);
@@ -134,6 +146,7 @@ impl LiveRun {
             id: id.to_owned(),
             runs,
             sources,
+            metrics,
             provider_of,
             broken,
             latest: BTreeMap::new(),
@@ -157,12 +170,16 @@ impl LiveRun {
                     self.first_fail_at = Some(m.at);
                 }
                 tracing::debug!(metric = %m.metric, verdict = %m.outcome.verdict, reason = %m.outcome.reason, "measured");
+                if !m.dry_run {
+                    self.metrics
+                        .measurement(&m.metric, &m.outcome.verdict.to_string());
+                }
                 let mut ev = evidence(&m);
                 ev.source = self
                     .provider_of
                     .get(&m.metric)
                     .and_then(|p| sources.get(p))
-                    .map(|s| s.address().to_owned());
+                    .map(|s| s.source.address().to_owned());
                 self.latest.insert(m.metric.clone(), ev);
             }
         }
@@ -183,6 +200,26 @@ impl LiveRun {
             decision,
             first_fail_at: self.first_fail_at,
         }
+    }
+}
+
+/// A provider's source that times each query and counts its failures.
+struct Timed {
+    provider: String,
+    source: PrometheusSource,
+    metrics: Arc<Metrics>,
+}
+
+impl MetricSource for Timed {
+    async fn query(&self, promql: &str, at: i64) -> Result<Vec<Series>, SourceError> {
+        let started = std::time::Instant::now();
+        let answer = self.source.query(promql, at).await;
+        self.metrics.query(
+            &self.provider,
+            started.elapsed().as_secs_f64(),
+            answer.is_ok(),
+        );
+        answer
     }
 }
 

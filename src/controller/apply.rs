@@ -89,25 +89,9 @@ impl<'a> Applier<'a> {
                 verdict,
             } => self.release_phase(release, *phase, verdict.as_ref()).await,
             Action::ReleaseHistory { release, entry } => {
-                let api = self.releases();
-                let r = api
-                    .get(release)
+                crate::ops::record_history(&self.releases(), release, entry, json!({}))
                     .await
-                    .map_err(|e| format!("Release {release}: {e}"))?;
-                let mut history = r.status.unwrap_or_default().history;
-                if !history.contains(entry) {
-                    history.push(entry.clone());
-                }
-                let excess = history.len().saturating_sub(256);
-                history.drain(..excess);
-                api.patch_status(
-                    release,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"history": history}})),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| format!("recording history on Release {release}: {e}"))
+                    .map_err(|e| format!("recording history on Release {release}: {e}"))
             }
             Action::ResetAnalysis => {
                 self.reset = true;

@@ -74,6 +74,10 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
         .filter_map(|(n, r)| Some((n.clone(), r.as_ref().ok()?.resend_every()?)))
         .collect();
     let todo = due(&status.outbox, &names, &resend, now);
+    // A replica that stopped leading sends nothing: the leader sends it, once.
+    if !todo.is_empty() && !ctx.leadership.may_write() {
+        return Ok(None);
+    }
     if !todo.is_empty() {
         let ns = ro.namespace().unwrap_or_default();
         let name = ro.name_any();

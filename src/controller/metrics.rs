@@ -1,4 +1,8 @@
-//! The controller's Prometheus metrics.
+//! The controller's Prometheus metrics, served on `/metrics`.
+//!
+//! No label carries a digest, a release name or anything else that grows with each deploy:
+//! labels are namespaces and Rollout names (one per service), metric and provider names from
+//! the templates, receivers, phases, reasons and outcomes.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::rollout::{RolloutPhase, RolloutStatus};
 use crate::backtest::parse_time;
+use crate::rollout::machine::{deployment_result, is_rework, new_moments};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabels {
@@ -21,6 +26,14 @@ pub struct PhaseLabels {
     pub namespace: String,
     pub rollout: String,
     pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub namespace: String,
+    pub rollout: String,
+    /// promoted, rolled_back, aborted or withdrawn.
+    pub result: String,
 }
 
 /// A delivery attempt: the Receiver's name (admin-owned, few) and how it went.
@@ -36,7 +49,31 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-const PHASES: [RolloutPhase; 8] = [
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeasurementLabels {
+    /// The template's metric name.
+    pub metric: String,
+    /// Pass, Fail or Inconclusive.
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The MetricProvider's name.
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+pub const PHASES: [RolloutPhase; 8] = [
     RolloutPhase::Initializing,
     RolloutPhase::Stable,
     RolloutPhase::Progressing,
@@ -47,90 +84,173 @@ const PHASES: [RolloutPhase; 8] = [
     RolloutPhase::Blocked,
 ];
 
+/// A new canary within this long of a rollback counts as rework, unless the controller is told
+/// otherwise (`--rework-window`).
+pub const DEFAULT_REWORK_WINDOW_SECS: i64 = 24 * 3600;
+
 pub struct Metrics {
     pub registry: Registry,
+    rework_window_secs: i64,
     phase: Family<PhaseLabels, Gauge>,
     weight: Family<RolloutLabels, Gauge>,
     decisions: Family<ReasonLabels, Counter>,
-    breach_to_zero: Histogram,
-    zero_to_recovery: Histogram,
+    deployments: Family<DeploymentLabels, Counter>,
+    rework: Family<RolloutLabels, Counter>,
+    breach_to_zero: Family<NamespaceLabels, Histogram>,
+    breach_to_recovery: Family<NamespaceLabels, Histogram>,
+    zero_to_recovery: Family<NamespaceLabels, Histogram>,
+    measurements: Family<MeasurementLabels, Counter>,
+    query_seconds: Family<ProviderLabels, Histogram>,
+    query_errors: Family<ProviderLabels, Counter>,
     analysis: Histogram,
+    reconcile_seconds: Histogram,
     errors: Counter,
     escalations: Family<EscalationLabels, Counter>,
+    leader: Gauge,
+    writes: Family<OutcomeLabels, Counter>,
 }
 
-fn seconds_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    ]
-    .into_iter()
+fn seconds_histogram() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    ])
+}
+
+fn fast_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("rollguard");
+        Metrics::new(DEFAULT_REWORK_WINDOW_SECS)
+    }
+}
+
+impl Metrics {
+    pub fn new(rework_window_secs: i64) -> Self {
+        let mut r = Registry::with_prefix("rollguard");
         let m = Metrics {
             registry: Registry::default(),
+            rework_window_secs,
             phase: Family::default(),
             weight: Family::default(),
             decisions: Family::default(),
-            breach_to_zero: Histogram::new(seconds_buckets()),
-            zero_to_recovery: Histogram::new(seconds_buckets()),
-            analysis: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            deployments: Family::default(),
+            rework: Family::default(),
+            breach_to_zero: Family::new_with_constructor(seconds_histogram),
+            breach_to_recovery: Family::new_with_constructor(seconds_histogram),
+            zero_to_recovery: Family::new_with_constructor(seconds_histogram),
+            measurements: Family::default(),
+            query_seconds: Family::new_with_constructor(fast_histogram),
+            query_errors: Family::default(),
+            analysis: fast_histogram(),
+            reconcile_seconds: fast_histogram(),
             errors: Counter::default(),
             escalations: Family::default(),
+            leader: Gauge::default(),
+            writes: Family::default(),
         };
-        registry.register(
+        r.register(
             "rollout_phase",
-            "1 for the phase each Rollout is in",
+            "1 for the phase each Rollout is in, 0 for the others",
             m.phase.clone(),
         );
-        registry.register(
+        r.register(
             "canary_weight_percent",
             "The canary weight last verified on the route",
             m.weight.clone(),
         );
-        registry.register(
+        r.register(
             "decisions",
             "Decisions recorded on Rollouts' timelines, by reason",
             m.decisions.clone(),
         );
-        registry.register(
+        r.register(
+            "deployments",
+            "Deployments that ended, per Rollout, by result (promoted, rolled_back, aborted, withdrawn): deployment frequency and change failure rate",
+            m.deployments.clone(),
+        );
+        r.register(
+            "rework_deployments",
+            "New canaries started within the rework window of a rollback of the same Rollout",
+            m.rework.clone(),
+        );
+        r.register(
             "breach_to_weight_zero_seconds",
-            "From the first failing measurement to verified zero canary weight",
+            "From the first failing measurement to verified zero canary weight (time to roll back)",
             m.breach_to_zero.clone(),
         );
-        registry.register(
+        r.register(
+            "breach_to_recovery_seconds",
+            "From the first failing measurement to verified recovery on stable",
+            m.breach_to_recovery.clone(),
+        );
+        r.register(
             "weight_zero_to_recovery_seconds",
             "From verified zero canary weight to verified recovery on stable",
             m.zero_to_recovery.clone(),
         );
-        registry.register(
+        r.register(
+            "measurements",
+            "Metric measurements, by template metric and verdict",
+            m.measurements.clone(),
+        );
+        r.register(
+            "prometheus_query_seconds",
+            "Latency of instant queries to each MetricProvider",
+            m.query_seconds.clone(),
+        );
+        r.register(
+            "prometheus_query_errors",
+            "Instant queries to each MetricProvider that failed (timeout, refused, bad answer)",
+            m.query_errors.clone(),
+        );
+        r.register(
             "analysis_seconds",
             "Time to measure a canary's due metrics",
             m.analysis.clone(),
         );
-        registry.register(
+        r.register(
+            "reconcile_seconds",
+            "Duration of a Rollout's reconcile, every plan it applied included",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
             "reconcile_errors",
             "Reconciles that failed and were retried",
             m.errors.clone(),
         );
-        registry.register(
+        r.register(
             "escalations",
             "Escalation delivery attempts, by receiver and outcome",
             m.escalations.clone(),
         );
-        Metrics { registry, ..m }
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and may write",
+            m.leader.clone(),
+        );
+        r.register(
+            "kube_writes",
+            "Writes to the Kubernetes API: ok, failed, or fenced (refused because this replica did not lead)",
+            m.writes.clone(),
+        );
+        Metrics { registry: r, ..m }
     }
-}
 
-fn at(text: Option<&String>) -> Option<i64> {
-    text.and_then(|t| parse_time(t, 0).ok())
-}
+    /// The text exposition of everything registered.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
 
-impl Metrics {
     pub fn reconcile_error(&self) {
         self.errors.inc();
+    }
+
+    pub fn reconcile_seconds(&self, s: f64) {
+        self.reconcile_seconds.observe(s);
     }
 
     pub fn escalation(&self, receiver: &str, outcome: &str) {
@@ -146,13 +266,66 @@ impl Metrics {
         self.analysis.observe(s);
     }
 
-    /// Records what changed between the status before and after a plan.
+    pub fn measurement(&self, metric: &str, verdict: &str) {
+        self.measurements
+            .get_or_create(&MeasurementLabels {
+                metric: metric.into(),
+                verdict: verdict.into(),
+            })
+            .inc();
+    }
+
+    pub fn query(&self, provider: &str, seconds: f64, ok: bool) {
+        let labels = ProviderLabels {
+            provider: provider.into(),
+        };
+        self.query_seconds.get_or_create(&labels).observe(seconds);
+        if !ok {
+            self.query_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    pub fn write(&self, outcome: &str) {
+        self.writes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Drops a Rollout's gauges: it was deleted, or this replica no longer leads.
+    pub fn forget(&self, namespace: &str, rollout: &str) {
+        for p in PHASES {
+            self.phase.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                rollout: rollout.into(),
+                phase: format!("{p:?}"),
+            });
+        }
+        self.weight.remove(&RolloutLabels {
+            namespace: namespace.into(),
+            rollout: rollout.into(),
+        });
+    }
+
+    /// Drops every Rollout's gauges: the leader reports them, a standby does not.
+    pub fn forget_all(&self) {
+        self.phase.clear();
+        self.weight.clear();
+    }
+
+    /// Records what changed between the status before and after a plan, at `now`.
     pub fn observe(
         &self,
         namespace: &str,
         rollout: &str,
         before: &RolloutStatus,
         after: &RolloutStatus,
+        now: i64,
     ) {
         let current = after.phase.unwrap_or_default();
         for p in PHASES {
@@ -164,42 +337,369 @@ impl Metrics {
                 })
                 .set(i64::from(p == current));
         }
+        let who = RolloutLabels {
+            namespace: namespace.into(),
+            rollout: rollout.into(),
+        };
         self.weight
-            .get_or_create(&RolloutLabels {
-                namespace: namespace.into(),
-                rollout: rollout.into(),
-            })
+            .get_or_create(&who)
             .set(i64::from(after.canary_weight.unwrap_or(0)));
-        for entry in after
-            .timeline
-            .iter()
-            .skip(before.timeline.len().min(after.timeline.len()))
-        {
-            if before.timeline.contains(entry) {
-                continue;
-            }
+        for entry in new_moments(before, after) {
             self.decisions
                 .get_or_create(&ReasonLabels {
                     reason: entry.reason.clone(),
                 })
                 .inc();
         }
+        if let Some(result) = deployment_result(before, after) {
+            self.deployments
+                .get_or_create(&DeploymentLabels {
+                    namespace: namespace.into(),
+                    rollout: rollout.into(),
+                    result: result.label().into(),
+                })
+                .inc();
+        }
+        if is_rework(before, after, now, self.rework_window_secs) {
+            self.rework.get_or_create(&who).inc();
+        }
         let (Some(old), Some(new)) = (before.rollback.as_ref(), after.rollback.as_ref()) else {
             return;
         };
+        let ns = NamespaceLabels {
+            namespace: namespace.into(),
+        };
+        let at = |t: Option<&String>| t.and_then(|t| parse_time(t, 0).ok());
+        let (breach, zero, done) = (
+            at(new.breach_at.as_ref()),
+            at(new.weight_zero_at.as_ref()),
+            at(new.recovered_at.as_ref()),
+        );
         if old.weight_zero_at.is_none()
-            && let (Some(breach), Some(zero)) =
-                (at(new.breach_at.as_ref()), at(new.weight_zero_at.as_ref()))
+            && let (Some(breach), Some(zero)) = (breach, zero)
         {
-            self.breach_to_zero.observe((zero - breach).max(0) as f64);
+            self.breach_to_zero
+                .get_or_create(&ns)
+                .observe((zero - breach).max(0) as f64);
         }
         if old.recovered_at.is_none()
-            && let (Some(zero), Some(done)) = (
-                at(new.weight_zero_at.as_ref()),
-                at(new.recovered_at.as_ref()),
-            )
+            && let Some(done) = done
         {
-            self.zero_to_recovery.observe((done - zero).max(0) as f64);
+            if let Some(zero) = zero {
+                self.zero_to_recovery
+                    .get_or_create(&ns)
+                    .observe((done - zero).max(0) as f64);
+            }
+            if let Some(breach) = breach {
+                self.breach_to_recovery
+                    .get_or_create(&ns)
+                    .observe((done - breach).max(0) as f64);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::rollout::{RollbackStatus, RollbackStep, TimelineEntry};
+
+    fn moment(at: &str, reason: &str) -> TimelineEntry {
+        TimelineEntry {
+            at: at.into(),
+            reason: reason.into(),
+            message: format!("{reason} at {at}"),
+        }
+    }
+
+    fn rollback(reason: &str) -> RollbackStatus {
+        RollbackStatus {
+            release: "web-cccccccccc".into(),
+            digest: "sha256:cc".into(),
+            reason: reason.into(),
+            metric: Some("error-rate".into()),
+            step: RollbackStep::ZeroWeights,
+            completed: Vec::new(),
+            started_at: "2026-11-22T10:00:05Z".into(),
+            breach_at: Some("2026-11-22T10:00:02Z".into()),
+            weight_zero_at: None,
+            recovered_at: None,
+            not_recovered_at: None,
+            attempts: 0,
+            last_error: None,
+            evidence: Vec::new(),
+        }
+    }
+
+    fn sample(text: &str, line_start: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn a_rollback_counts_once_with_its_times_and_no_digest_labels() {
+        let m = Metrics::default();
+        let before = RolloutStatus {
+            phase: Some(RolloutPhase::Progressing),
+            canary_weight: Some(10),
+            timeline: vec![moment("2026-11-22T10:00:00Z", "CanaryStarted")],
+            ..RolloutStatus::default()
+        };
+        let mut started = before.clone();
+        started.phase = Some(RolloutPhase::RollingBack);
+        started.rollback = Some(rollback("error-rate failed"));
+        started
+            .timeline
+            .push(moment("2026-11-22T10:00:05Z", "RollbackStarted"));
+        m.observe("shop", "web", &before, &started, 0);
+        // The same status again (a reconcile that changed nothing) counts nothing more.
+        m.observe("shop", "web", &started, &started, 0);
+        let mut zero = started.clone();
+        zero.canary_weight = Some(0);
+        if let Some(rb) = zero.rollback.as_mut() {
+            rb.weight_zero_at = Some("2026-11-22T10:00:06Z".into());
+        }
+        m.observe("shop", "web", &started, &zero, 0);
+        let mut recovered = zero.clone();
+        if let Some(rb) = recovered.rollback.as_mut() {
+            rb.recovered_at = Some("2026-11-22T10:00:36Z".into());
+        }
+        recovered.phase = Some(RolloutPhase::RolledBack);
+        m.observe("shop", "web", &zero, &recovered, 0);
+
+        let text = m.encode().expect("encodes");
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_deployments_total{namespace="shop",rollout="web",result="rolled_back"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_breach_to_weight_zero_seconds_count{namespace="shop"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_breach_to_weight_zero_seconds_sum{namespace="shop"}"#
+            ),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_weight_zero_to_recovery_seconds_sum{namespace="shop"}"#
+            ),
+            Some(30.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_breach_to_recovery_seconds_sum{namespace="shop"}"#
+            ),
+            Some(34.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_rollout_phase{namespace="shop",rollout="web",phase="RolledBack"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_decisions_total{reason="RollbackStarted"}"#
+            ),
+            Some(1.0)
+        );
+        assert!(!text.contains("sha256"), "{text}");
+        assert!(!text.contains("cccccccccc"), "{text}");
+    }
+
+    #[test]
+    fn deployments_are_classified_once_each() {
+        let m = Metrics::default();
+        let base = RolloutStatus::default();
+        let with = |reasons: &[&str]| RolloutStatus {
+            timeline: reasons
+                .iter()
+                .map(|r| moment("2026-11-22T11:00:00Z", r))
+                .collect(),
+            ..RolloutStatus::default()
+        };
+        // Promoted with a post-promotion window: not yet; the window passing: promoted.
+        let mut promoted = with(&["Promoted"]);
+        promoted.verify_until = Some("2026-11-22T11:05:00Z".into());
+        m.observe("shop", "web", &base, &promoted, 0);
+        let passed = with(&["Promoted", "VerificationPassed"]);
+        m.observe("shop", "web", &promoted, &passed, 0);
+        // Promoted without a window: at once.
+        m.observe("shop", "api", &base, &with(&["Promoted"]), 0);
+        let mut aborted = with(&["RollbackStarted"]);
+        aborted.rollback = Some(rollback("aborted by alice: wrong config"));
+        m.observe("shop", "api", &base, &aborted, 0);
+        m.observe("shop", "api", &base, &with(&["CanaryWithdrawn"]), 0);
+        let text = m.encode().expect("encodes");
+        let count = |rollout: &str, result: &str| {
+            sample(
+                &text,
+                &format!(
+                    r#"rollguard_deployments_total{{namespace="shop",rollout="{rollout}",result="{result}"}}"#
+                ),
+            )
+        };
+        assert_eq!(count("web", "promoted"), Some(1.0));
+        assert_eq!(count("api", "promoted"), Some(1.0));
+        assert_eq!(count("api", "aborted"), Some(1.0));
+        assert_eq!(count("api", "withdrawn"), Some(1.0));
+        assert_eq!(count("api", "rolled_back"), None);
+    }
+
+    #[test]
+    fn a_canary_soon_after_a_rollback_is_rework() {
+        let m = Metrics::new(3600);
+        let now = parse_time("2026-11-22T10:30:00Z", 0).expect("time");
+        let before = RolloutStatus {
+            rollback: Some(rollback("error-rate failed")),
+            ..RolloutStatus::default()
+        };
+        let after = RolloutStatus {
+            timeline: vec![moment("2026-11-22T10:30:00Z", "CanaryStarted")],
+            ..before.clone()
+        };
+        m.observe("shop", "web", &before, &after, now);
+        // Two hours later it is an ordinary deployment.
+        m.observe("shop", "web", &before, &after, now + 7200);
+        // A first canary ever is not rework.
+        m.observe("shop", "api", &RolloutStatus::default(), &after, now);
+        let text = m.encode().expect("encodes");
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_rework_deployments_total{namespace="shop",rollout="web"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"rollguard_rework_deployments_total{namespace="shop",rollout="api"}"#
+            ),
+            None
+        );
+    }
+
+    /// Metric names a PromQL expression selects.
+    fn selected(expr: &promql_parser::parser::Expr, out: &mut Vec<String>) {
+        use promql_parser::parser::Expr;
+        match expr {
+            Expr::VectorSelector(vs) => out.extend(vs.name.clone()),
+            Expr::MatrixSelector(ms) => out.extend(ms.vs.name.clone()),
+            Expr::Subquery(sq) => selected(&sq.expr, out),
+            Expr::Aggregate(a) => {
+                selected(&a.expr, out);
+                if let Some(p) = &a.param {
+                    selected(p, out);
+                }
+            }
+            Expr::Unary(u) => selected(&u.expr, out),
+            Expr::Paren(p) => selected(&p.expr, out),
+            Expr::Binary(b) => {
+                selected(&b.lhs, out);
+                selected(&b.rhs, out);
+            }
+            Expr::Call(c) => c.args.args.iter().for_each(|a| selected(a, out)),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+
+    #[test]
+    fn every_series_the_dashboard_queries_is_exported() {
+        let m = Metrics::default();
+        // One sample in every family, so that each is in the exposition.
+        let mut after = RolloutStatus {
+            phase: Some(RolloutPhase::RollingBack),
+            rollback: Some(rollback("error-rate failed")),
+            timeline: vec![
+                moment("2026-11-22T10:00:00Z", "CanaryStarted"),
+                moment("2026-11-22T10:00:05Z", "RollbackStarted"),
+            ],
+            ..RolloutStatus::default()
+        };
+        let prior = RolloutStatus {
+            rollback: Some(rollback("x")),
+            ..RolloutStatus::default()
+        };
+        m.observe("shop", "web", &prior, &after, 0);
+        let started = after.clone();
+        if let Some(rb) = after.rollback.as_mut() {
+            rb.weight_zero_at = Some("2026-11-22T10:00:06Z".into());
+            rb.recovered_at = Some("2026-11-22T10:00:30Z".into());
+        }
+        m.observe("shop", "web", &started, &after, 0);
+        m.measurement("error-rate", "Pass");
+        m.query("prom", 0.01, false);
+        m.analysis_seconds(0.1);
+        m.reconcile_seconds(0.1);
+        m.reconcile_error();
+        m.escalation("oncall", "delivered");
+        m.leader(true);
+        m.write("ok");
+        let text = m.encode().expect("encodes");
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+            "../../charts/rollguard/dashboards/rollguard.json"
+        ))
+        .expect("the dashboard is JSON");
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("expr");
+                let promql = expr.replace("$namespace", ".*");
+                let ast = promql_parser::parser::parse(&promql)
+                    .unwrap_or_else(|e| panic!("{}: {expr}: {e}", panel["title"]));
+                let mut names = Vec::new();
+                selected(&ast, &mut names);
+                assert!(!names.is_empty(), "{expr}");
+                for name in names {
+                    queried += 1;
+                    assert!(
+                        exported.contains(name.as_str()),
+                        "panel {} queries {name}, which the controller does not export; it exports {exported:?}",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+        assert!(queried >= 20, "{queried}");
+    }
+
+    #[test]
+    fn forgetting_drops_a_rollouts_gauges() {
+        let m = Metrics::default();
+        let s = RolloutStatus {
+            phase: Some(RolloutPhase::Stable),
+            ..RolloutStatus::default()
+        };
+        m.observe("shop", "web", &s, &s, 0);
+        m.observe("shop", "api", &s, &s, 0);
+        m.forget("shop", "web");
+        let text = m.encode().expect("encodes");
+        assert!(!text.contains(r#"rollout="web""#), "{text}");
+        assert!(text.contains(r#"rollout="api""#), "{text}");
+        m.forget_all();
+        assert!(!m.encode().expect("encodes").contains(r#"rollout="api""#));
     }
 }

@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod apply;
 pub mod escalate;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -20,17 +21,19 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::runtime::{Predicate as _, predicates};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::Rollout;
 use crate::api::release::Release;
 use crate::api::rollout::{RolloutPhase, RolloutStatus};
 use crate::rollout::machine::{
-    InvalidRequest, Observed, ReleaseView, Request, TargetView, decide, failed,
+    InvalidRequest, Observed, PERMISSION_DENIED, ReleaseView, Request, TargetView, decide, failed,
     recovery_baseline_offset, verify_baseline_offset,
 };
 use crate::rollout::workload::{
@@ -48,13 +51,23 @@ pub struct Settings {
     pub concurrency: u16,
     /// Base URL for graph links in escalations, instead of the providers' addresses.
     pub graph_url: Option<String>,
+    /// The leader Lease, in `namespace`.
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    /// A new canary this soon after a rollback counts as rework.
+    pub rework_window: Duration,
 }
 
 /// Shared by every reconcile.
 pub struct Context {
+    /// Fenced: its writes go through only while this replica leads.
     pub client: Client,
     pub settings: Settings,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
+    pub leadership: Arc<leader::Leadership>,
+    /// SIGTERM arrived: finish the plan in flight, start no other.
+    stopping: std::sync::atomic::AtomicBool,
     /// For escalation receivers.
     pub http: reqwest::Client,
     recorder: Recorder,
@@ -74,18 +87,38 @@ fn key(ro: &Rollout) -> String {
     format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any())
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+/// Runs the controller until SIGTERM or Ctrl-C: stands for leader, keeps its caches warm either
+/// way, and reconciles only while it leads. On a signal it finishes the plans in flight, then
+/// releases the Lease so that a standby takes over at once.
+pub async fn run(settings: Settings, log: Option<http::LogLevel>) -> anyhow::Result<()> {
+    let timing = leader::timing(settings.lease_duration, settings.renew_deadline)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let config = kube::Config::infer().await?;
+    // The Lease is written with an unfenced client: it is how a replica earns the right to write.
+    let lease_client = Client::try_from(config.clone())?;
+    let metrics = Arc::new(metrics::Metrics::new(
+        settings.rework_window.as_secs() as i64
+    ));
+    let leadership = Arc::new(leader::Leadership::new(
+        leader::identity(),
+        settings.lease_name.clone(),
+        timing.margin,
+        metrics.clone(),
+    ));
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&leader::FenceLayer(leadership.clone()))
+        .build();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        metrics: metrics::Metrics::default(),
+        metrics,
+        leadership: leadership.clone(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
         http: crate::escalation::send::client(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
                 controller: "rollguard".into(),
-                instance: std::env::var("POD_NAME").ok(),
+                instance: Some(leadership.identity.clone()),
             },
         ),
         settings: settings.clone(),
@@ -93,13 +126,75 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         failures: Mutex::default(),
     });
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let server = tokio::spawn(http::serve(settings.listen, ctx.clone(), ready.clone()));
+    let server = tokio::spawn(http::serve(
+        settings.listen,
+        ctx.clone(),
+        ready.clone(),
+        log,
+    ));
 
-    let rollouts = Api::<Rollout>::all(client.clone());
-    let controller = Controller::new(rollouts, watcher::Config::default())
+    let election = leader::stand(
+        lease_client,
+        &settings.namespace,
+        leadership.clone(),
+        timing,
+    )
+    .await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(election.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    // Leading or not, the watches run: a standby's caches are warm when it takes over. Every
+    // start of leadership reconciles every Rollout; losing it forgets what was in memory.
+    let mut leading = leadership.leading();
+    let lost = ctx.clone();
+    tokio::spawn(async move {
+        while leading.changed().await.is_ok() {
+            if !*leading.borrow_and_update() {
+                lost.runs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                lost.metrics.forget_all();
+            }
+        }
+    });
+    let elected = futures::stream::unfold(leadership.leading(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
+
+    // The Rollout reflector is ours, so that its first complete list marks the caches synced.
+    let (store, writer) = kube::runtime::reflector::store();
+    let synced = ready.clone();
+    let rollouts = kube::runtime::reflector(
+        writer,
+        watcher::watcher(
+            Api::<Rollout>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone))
+            && !synced.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::info!("caches synced");
+        }
+    })
+    .default_backoff()
+    .applied_objects()
+    // Spec (generation) and annotation (manual requests) changes start a reconcile; status
+    // changes, nearly all of them our own writes, do not: what comes next is the requeue's to
+    // decide, and a failing plan's status write cannot turn error backoff into a hot loop.
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(rollouts, store.clone())
         .with_config(ControllerConfig::default().concurrency(settings.concurrency));
-    let store = controller.store();
-    let targets = store.clone();
+    let targets = store;
+    let signal_ctx = ctx.clone();
     let controller = controller
         .watches(
             Api::<Deployment>::all(client.clone()),
@@ -135,15 +230,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     .map(|name| ObjectRef::new(name).within(&ns))
             },
         )
-        .shutdown_on_signal();
-    let ready_flag = ready.clone();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!("caches synced; reconciling");
-        }
-    });
-    tracing::info!(listen = %settings.listen, concurrency = settings.concurrency, "rollguard controller starting");
+        .reconcile_all_on(elected)
+        .graceful_shutdown_on(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: finishing the plans in flight, starting no other");
+            signal_ctx
+                .stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    tracing::info!(listen = %settings.listen, concurrency = settings.concurrency, identity = %leadership.identity, "rollguard controller starting");
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -152,12 +247,47 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         })
         .await;
+    // Every plan in flight has finished: close the fence, then hand the Lease over.
+    leadership.stop();
+    let _ = stop_tx.send(true);
+    if let Err(e) = election.await {
+        tracing::error!(error = %e, "leader election task");
+    }
     server.abort();
     tracing::info!("rollguard controller stopped");
     Ok(())
 }
 
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
 fn error_policy(ro: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    if let Error::Kube(e) = error
+        && leader::is_fenced(e)
+    {
+        tracing::info!(rollout = %key(&ro), "not leading any more; leaving it to the leader");
+        return Requeue::await_change();
+    }
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key(&ro)).or_insert(0);
@@ -166,10 +296,52 @@ fn error_policy(ro: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Requeue {
     };
     ctx.metrics.reconcile_error();
     tracing::warn!(rollout = %key(&ro), attempt = n, error = %error, "reconcile failed");
+    let rolling_back = ro
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == Some(RolloutPhase::RollingBack));
+    if error.to_string().starts_with(PERMISSION_DENIED) && !rolling_back {
+        // Retrying cannot help until someone changes RBAC, which is not watched: the condition
+        // says what is missing, and the next try comes in minutes, not in a hot loop.
+        return Requeue::requeue(Duration::from_secs(300) + backoff(1, jitter_seed()));
+    }
     Requeue::requeue(backoff(n, jitter_seed()))
 }
 
-fn jitter_seed() -> u32 {
+/// An action's error as the Rollout's condition shows it: a refusal by RBAC names the verb and
+/// the resource the controller's ServiceAccount lacks.
+pub fn explain(error: &str) -> String {
+    let Some((_, why)) = error.split_once(" is forbidden: ") else {
+        return error.to_owned();
+    };
+    let quoted = |after: &str| {
+        why.split_once(after)
+            .and_then(|(_, rest)| rest.strip_prefix('"'))
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(v, _)| v.to_owned())
+    };
+    let verb = why
+        .split_once(" cannot ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("use");
+    let Some(resource) = quoted(" resource ") else {
+        return format!("{PERMISSION_DENIED} {why}");
+    };
+    let group = quoted(" in API group ").filter(|g| !g.is_empty());
+    let resource = match &group {
+        Some(g) => format!("{resource}.{g}"),
+        None => resource,
+    };
+    let place = quoted(" in the namespace ")
+        .map(|ns| format!(" in namespace {ns}"))
+        .unwrap_or_default();
+    let user = quoted("User ").unwrap_or_else(|| "the controller".into());
+    format!(
+        "{PERMISSION_DENIED} {user} may not {verb} {resource}{place}; grant '{verb}' on '{resource}' to the controller's ClusterRole"
+    )
+}
+
+pub fn jitter_seed() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
@@ -284,7 +456,16 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
         .clone();
     let mut slot = slot.lock().await;
     if slot.as_ref().is_none_or(|r| r.id != id) {
-        match LiveRun::start(&ctx.client, &ctx.settings.namespace, ro, &id, judged).await {
+        match LiveRun::start(
+            &ctx.client,
+            &ctx.settings.namespace,
+            ro,
+            &id,
+            judged,
+            ctx.metrics.clone(),
+        )
+        .await
+        {
             Ok(run) => {
                 for (p, why) in run.broken() {
                     publish(ctx, ro, true, "ProviderUnavailable", &format!("{p}: {why}")).await;
@@ -347,14 +528,28 @@ async fn publish_as(
 const PASSES: usize = 8;
 
 async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    // A standby keeps its caches and waits: taking the lead reconciles every Rollout.
+    if !ctx.leadership.may_write() || ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Requeue::await_change());
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_leading(&ro, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_leading(ro: &Rollout, ctx: &Context) -> Result<Requeue, Error> {
     // The cache may lag behind our own last write; plans start from a fresh read.
-    let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ro.namespace().unwrap_or_default());
+    let ns = ro.namespace().unwrap_or_default();
+    let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ns);
     let Some(mut ro) = api.get_opt(&ro.name_any()).await? else {
+        ctx.metrics.forget(&ns, &ro.name_any());
         return Ok(Requeue::await_change());
     };
-    let result = plan(&mut ro, &ctx).await;
+    let result = plan(&mut ro, ctx).await;
     // Whatever the plan did, what its status put in the outbox goes out now.
-    let next = match escalate::deliver(&ctx, &mut ro).await {
+    let next = match escalate::deliver(ctx, &mut ro).await {
         Ok(next) => next,
         Err(e) => {
             tracing::warn!(rollout = %key(&ro), error = %e, "recording escalation deliveries");
@@ -391,6 +586,7 @@ async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
         if applier.reset {
             reset_analysis(ro, ctx);
         }
+        let result = result.map_err(|e| explain(&e));
         if let Err(e) = &result {
             tracing::warn!(rollout = %key(ro), error = %e, phase = ?status.phase, "plan failed");
             next = failed(&ns, &name, &ro.spec, &status, &e.to_string(), obs.now);
@@ -398,7 +594,7 @@ async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
         record(&api, ro, &next).await?;
         #[cfg(debug_assertions)]
         halt_for_tests(&status, &next).await;
-        ctx.metrics.observe(&ns, &name, &status, &next);
+        ctx.metrics.observe(&ns, &name, &status, &next, obs.now);
         for note in &plan.notes {
             if result.is_ok() {
                 tracing::info!(rollout = %key(ro), reason = %note.reason, "{}", note.message);
@@ -414,6 +610,10 @@ async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
             .remove(&key(ro));
         if plan.requeue_secs > 0 {
             return Ok(Duration::from_secs(plan.requeue_secs));
+        }
+        // On SIGTERM the plan just recorded is the last: the next leader takes it from here.
+        if ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Duration::from_millis(100));
         }
     }
     Ok(Duration::from_millis(100))
@@ -467,6 +667,20 @@ async fn record(api: &Api<Rollout>, ro: &mut Rollout, status: &RolloutStatus) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forbidden_action_names_the_verb_and_resource() {
+        let raw = r#"ApiError: httproutes.gateway.networking.k8s.io "web" is forbidden: User "system:serviceaccount:rollguard:rollguard" cannot patch resource "httproutes" in API group "gateway.networking.k8s.io" in the namespace "shop": RBAC: clusterrole.rbac.authorization.k8s.io "x" not found (ErrorResponse { status: "Failure", code: 403 })"#;
+        assert_eq!(
+            explain(raw),
+            "permission denied: system:serviceaccount:rollguard:rollguard may not patch \
+             httproutes.gateway.networking.k8s.io in namespace shop; grant 'patch' on \
+             'httproutes.gateway.networking.k8s.io' to the controller's ClusterRole"
+        );
+        let core = r#"services "web-canary" is forbidden: User "u" cannot create resource "services" in API group "" in the namespace "shop""#;
+        assert!(explain(core).contains("may not create services in namespace shop"));
+        assert_eq!(explain("connection refused"), "connection refused");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

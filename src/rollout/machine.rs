@@ -212,6 +212,9 @@ pub fn decide(name: &str, spec: &RolloutSpec, status: &RolloutStatus, obs: &Obse
     }
 }
 
+/// How the shell words an action refused by RBAC, so that the condition's reason says so.
+pub const PERMISSION_DENIED: &str = "permission denied:";
+
 /// The status to record when applying `plan` failed with `error`: the planned status is dropped
 /// (nothing of it happened for sure); during a rollback the failure is counted, and after
 /// [`INCOMPLETE_AFTER`] attempts the Rollout says loudly that the rollback is incomplete and a
@@ -225,8 +228,18 @@ pub fn failed(
     now: i64,
 ) -> RolloutStatus {
     let mut s = status.clone();
-    let Some(rb) = s.rollback.as_mut() else {
-        set_condition(&mut s, "Ready", false, "ActionFailed", error, now);
+    // The last rollback stays in status once done; only a saga still running counts attempts.
+    let Some(rb) = s
+        .rollback
+        .as_mut()
+        .filter(|rb| rb.step != RollbackStep::Done)
+    else {
+        let reason = if error.starts_with(PERMISSION_DENIED) {
+            "PermissionDenied"
+        } else {
+            "ActionFailed"
+        };
+        set_condition(&mut s, "Ready", false, reason, error, now);
         return s;
     };
     rb.attempts += 1;
@@ -1794,6 +1807,83 @@ pub fn set_condition(
     }
 }
 
+/// How a deployment ended, for the DORA counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeploymentResult {
+    /// Promoted, and through its post-promotion window when there is one.
+    Promoted,
+    /// Rolled back on evidence (a metric, the progress deadline, a failed verification).
+    RolledBack,
+    /// Rolled back because someone asked.
+    Aborted,
+    /// The target moved on before the canary finished.
+    Withdrawn,
+}
+
+impl DeploymentResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            DeploymentResult::Promoted => "promoted",
+            DeploymentResult::RolledBack => "rolled_back",
+            DeploymentResult::Aborted => "aborted",
+            DeploymentResult::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// Timeline entries a plan added. The timeline is capped, so its length alone does not tell.
+pub fn new_moments<'a>(
+    before: &'a RolloutStatus,
+    after: &'a RolloutStatus,
+) -> impl Iterator<Item = &'a TimelineEntry> {
+    after
+        .timeline
+        .iter()
+        .filter(|e| !before.timeline.contains(e))
+}
+
+/// Whether a plan ended a deployment, and how. A promotion with a post-promotion window ends
+/// when the window passes; one that fails it ends as rolled back, counted once.
+pub fn deployment_result(
+    before: &RolloutStatus,
+    after: &RolloutStatus,
+) -> Option<DeploymentResult> {
+    new_moments(before, after).find_map(|m| match m.reason.as_str() {
+        "RollbackStarted" => Some(
+            if after
+                .rollback
+                .as_ref()
+                .is_some_and(|rb| rb.reason.starts_with("aborted by "))
+            {
+                DeploymentResult::Aborted
+            } else {
+                DeploymentResult::RolledBack
+            },
+        ),
+        "Promoted" if after.verify_until.is_none() => Some(DeploymentResult::Promoted),
+        "VerificationPassed" => Some(DeploymentResult::Promoted),
+        "CanaryWithdrawn" => Some(DeploymentResult::Withdrawn),
+        _ => None,
+    })
+}
+
+/// Rework: a plan started a new canary within `window_secs` of the last rollback, which
+/// marked a Release Unstable.
+pub fn is_rework(
+    before: &RolloutStatus,
+    after: &RolloutStatus,
+    now: i64,
+    window_secs: i64,
+) -> bool {
+    let started = new_moments(before, after).any(|m| m.reason == "CanaryStarted");
+    let recent = before
+        .rollback
+        .as_ref()
+        .and_then(|rb| parse_at(Some(rb.started_at.as_str())))
+        .is_some_and(|at| now - at <= window_secs);
+    started && recent
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2311,6 +2401,37 @@ mod tests {
         }
         let twice = decide("c", &spec(), &replay, &o).status;
         assert_eq!(twice.outbox.len(), 1);
+    }
+
+    #[test]
+    fn a_failure_after_a_finished_rollback_is_not_counted_against_that_saga() {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        let mut status = decide("c", &spec(), &s, &o).status;
+        if let Some(rb) = status.rollback.as_mut() {
+            rb.step = RollbackStep::Done;
+        }
+        status.phase = Some(RolloutPhase::RolledBack);
+        let denied = "permission denied: u may not patch httproutes.gateway.networking.k8s.io";
+        let once = failed("", "c", &spec(), &status, denied, 1010);
+        let twice = failed("", "c", &spec(), &once, denied, 1010);
+        assert_eq!(once, twice, "the same failure again changes nothing");
+        assert_eq!(
+            once.rollback, status.rollback,
+            "the finished saga is left alone"
+        );
+        assert_eq!(once.outbox, status.outbox, "no RollbackIncomplete incident");
+        let ready = once
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PermissionDenied")
+        );
+        let other = failed("", "c", &spec(), &status, "connection refused", 1010);
+        assert!(other.conditions.iter().any(|c| c.reason == "ActionFailed"));
     }
 
     #[test]

@@ -319,7 +319,12 @@ pub async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
 /// `rollguard controller` as a child process, killed (SIGKILL) when dropped.
 pub struct ControllerProcess {
     child: std::process::Child,
+    /// Where it serves /metrics, /readyz and /log-level.
+    pub port: u16,
+    pub log: String,
 }
+
+static LEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl ControllerProcess {
     pub fn id(&self) -> u32 {
@@ -327,32 +332,80 @@ impl ControllerProcess {
     }
 
     pub fn start(log: &str) -> ControllerProcess {
-        ControllerProcess::start_with(log, &[])
+        ControllerProcess::launch(log, &[], &[])
     }
 
     pub fn start_with(log: &str, env: &[(&str, &str)]) -> ControllerProcess {
-        let log = std::fs::OpenOptions::new()
+        ControllerProcess::launch(log, env, &[])
+    }
+
+    /// With extra flags. Unless they name a `--lease-name`, the process stands alone on a
+    /// Lease of its own, so that a controller killed by an earlier test does not hold it.
+    pub fn launch(log: &str, env: &[(&str, &str)], args: &[&str]) -> ControllerProcess {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("controller log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rollguard"))
-            .args([
-                "controller",
-                "--listen",
-                "127.0.0.1:0",
-                "--namespace",
-                "default",
-                "--concurrency",
-                "4",
-            ])
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let own_lease = format!(
+            "rg-e2e-{}-{}",
+            std::process::id(),
+            LEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rollguard"));
+        command.args(["controller", "--listen", &listen, "--concurrency", "4"]);
+        if !args.contains(&"--namespace") {
+            command.args(["--namespace", "default"]);
+        }
+        if !args.contains(&"--lease-name") {
+            command.args(["--lease-name", &own_lease]);
+        }
+        let child = command
+            .args(args)
             .env("RUST_LOG", "info,rollguard=debug,kube=warn")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(log)
+            .stderr(file)
             .spawn()
             .expect("starting rollguard controller");
-        ControllerProcess { child }
+        ControllerProcess {
+            child,
+            port,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Its `/metrics` text, or an empty string while it does not answer.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Sends a signal by name (STOP, CONT, TERM) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {}", self.child.id());
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the process to exit; its exit status.
+    pub fn terminate(mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -360,6 +413,15 @@ impl ControllerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the first sample in a Prometheus text exposition whose line starts with
+/// `series` (name and labels as written); None when there is none.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 impl Drop for ControllerProcess {
