@@ -247,7 +247,12 @@ async fn main() {
         env!("CARGO_MANIFEST_DIR"),
         ns.name
     );
-    let controller = ControllerProcess::start_with(&log, &[("RUST_LOG", "info,kube=warn")]);
+    // The chart's default concurrency.
+    let controller = ControllerProcess::launch(
+        &log,
+        &[("RUST_LOG", "info,kube=warn")],
+        &["--concurrency", "16"],
+    );
     let ns_client = ns.client.clone();
     let pid = controller.id();
     let rollouts = Api::<Rollout>::namespaced(ns.client.clone(), &ns.name);

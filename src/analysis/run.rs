@@ -233,6 +233,19 @@ impl AnalysisRun {
             .collect()
     }
 
+    /// Seconds from `at` until the next metric is due (0 when one is due now); None without
+    /// metrics.
+    pub fn next_due_in(&self, at: i64) -> Option<u64> {
+        self.metrics
+            .iter()
+            .map(|m| {
+                m.last_at
+                    .map_or(0, |last| (last + m.interval_secs - at).max(0))
+            })
+            .min()
+            .map(|s| s as u64)
+    }
+
     /// Measures every due metric at `at`, all queries at once. `source` maps a provider name to
     /// its source; a name it does not know is a failed query, not a crash.
     pub async fn measure<'s, S, F>(&mut self, source: F, at: i64) -> Vec<Measurement>
@@ -488,10 +501,13 @@ mod tests {
         )
         .expect("run");
         assert_eq!(run.due(1000), vec![0, 1]);
+        assert_eq!(run.next_due_in(1000), Some(0), "never measured: due now");
         run.record(0, &[one(0.5)], 1000);
         run.record(1, &[one(0.5)], 1000);
         assert_eq!(run.due(1005), Vec::<usize>::new());
+        assert_eq!(run.next_due_in(1005), Some(5), "the fast metric in 5 s");
         assert_eq!(run.due(1010), vec![0]);
+        assert_eq!(run.next_due_in(1012), Some(0), "overdue is due now");
         assert_eq!(run.due(1060), vec![0, 1]);
     }
 

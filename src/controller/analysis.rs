@@ -199,6 +199,11 @@ impl LiveRun {
             },
             decision,
             first_fail_at: self.first_fail_at,
+            next_due_in: self
+                .runs
+                .iter()
+                .filter_map(|(_, r)| r.next_due_in(now))
+                .min(),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct AnalysisView {
     pub summary: AnalysisSummary,
     /// When a metric first measured Fail, unix seconds.
     pub first_fail_at: Option<i64>,
+    /// Seconds until the next measurement is due: the earliest a verdict can change.
+    pub next_due_in: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -1090,6 +1092,7 @@ impl Planner<'_> {
             if elapsed < min {
                 self.status.message =
                     Some(format!("step {i}: canary at {w}%, {}s of {min}s", elapsed));
+                self.requeue = self.wake_in(Some((min - elapsed) as u64));
                 return;
             }
             match analysis.as_ref().map(|a| &a.decision) {
@@ -1111,6 +1114,7 @@ impl Planner<'_> {
                     self.status.message = Some(format!(
                         "step {i}: canary at {w}%, waiting for enough evidence to pass"
                     ));
+                    self.requeue = self.wake_in(None);
                 }
             }
         } else if let Some(pause) = &step.pause {
@@ -1143,6 +1147,19 @@ impl Planner<'_> {
                 }
             }
         }
+    }
+
+    /// How long a canary at its step may sleep: until its step ends or its next measurement
+    /// is due, whichever is first; at least 1 s and at most 30 s. Anything else that matters
+    /// (the target, the arms, a request) wakes it through a watch.
+    fn wake_in(&self, step_left: Option<u64>) -> u64 {
+        let due = self.obs.analysis.as_ref().and_then(|a| a.next_due_in);
+        [step_left, due]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(1)
+            .clamp(1, 30)
     }
 
     /// Canary (and fresh baseline) replicas for the current weight.
@@ -1575,9 +1592,11 @@ impl Planner<'_> {
                     now,
                 );
             }
-            self.timeline(
+            // A note, not only a timeline entry: each saga step shows in Events and the log.
+            self.note(
+                false,
                 &format!("Rollback{step}"),
-                &format!("rollback step {step} done"),
+                format!("rollback step {step} done"),
             );
             self.requeue = 0;
         }
@@ -1990,6 +2009,7 @@ mod tests {
             decision: Decision::Pass,
             summary: AnalysisSummary::default(),
             first_fail_at: None,
+            next_due_in: None,
         }
     }
 
@@ -2010,6 +2030,7 @@ mod tests {
                 ..AnalysisSummary::default()
             },
             first_fail_at: Some(1000),
+            next_due_in: None,
         }
     }
 
@@ -2030,6 +2051,35 @@ mod tests {
         o.canary = Some(workload(&release_name("c", NEW), NEW, 1));
         o.releases.push(release(NEW, ReleasePhase::Progressing));
         (s, o)
+    }
+
+    #[test]
+    fn a_canary_mid_step_sleeps_until_its_next_measurement_or_the_steps_end() {
+        // Step 0 lasts 30 s from t=1000; now is t=1005.
+        let (s, mut o) = progressing();
+        let mut due_in = |d: Option<u64>| {
+            o.analysis = Some(AnalysisView {
+                next_due_in: d,
+                ..pass()
+            });
+            decide("c", &spec(), &s, &o).requeue_secs
+        };
+        assert_eq!(due_in(Some(3)), 3, "the next measurement first");
+        assert_eq!(due_in(Some(0)), 1, "at least a second");
+        assert_eq!(due_in(Some(60)), 25, "the step ends first");
+        assert_eq!(due_in(None), 25, "no analysis: the step's end");
+        let (s, mut o) = progressing();
+        o.now = 1031;
+        o.analysis = Some(AnalysisView {
+            decision: Decision::Running,
+            next_due_in: Some(4),
+            ..pass()
+        });
+        assert_eq!(
+            decide("c", &spec(), &s, &o).requeue_secs,
+            4,
+            "past the step's end without enough evidence: the next measurement"
+        );
     }
 
     #[test]
@@ -2177,6 +2227,7 @@ mod tests {
             decision: Decision::Running,
             summary: AnalysisSummary::default(),
             first_fail_at: None,
+            next_due_in: None,
         });
         assert_eq!(
             decide("c", &sp, &s, &o).status.current_step,

@@ -355,9 +355,12 @@ impl ControllerProcess {
             LEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rollguard"));
-        command.args(["controller", "--listen", &listen, "--concurrency", "4"]);
+        command.args(["controller", "--listen", &listen]);
         if !args.contains(&"--namespace") {
             command.args(["--namespace", "default"]);
+        }
+        if !args.contains(&"--concurrency") {
+            command.args(["--concurrency", "4"]);
         }
         if !args.contains(&"--lease-name") {
             command.args(["--lease-name", &own_lease]);
