@@ -311,7 +311,12 @@ fn error_policy(ro: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Requeue {
 /// An action's error as the Rollout's condition shows it: a refusal by RBAC names the verb and
 /// the resource the controller's ServiceAccount lacks.
 pub fn explain(error: &str) -> String {
-    let Some((_, why)) = error.split_once(" is forbidden: ") else {
+    // Only RBAC's refusal names a user and a verb; a 403 for other reasons (a namespace being
+    // deleted, an admission policy) is reported as it is.
+    let Some((_, why)) = error
+        .split_once(" is forbidden: ")
+        .filter(|(_, why)| why.starts_with("User ") && why.contains(" cannot "))
+    else {
         return error.to_owned();
     };
     let quoted = |after: &str| {
@@ -371,6 +376,7 @@ async fn observe(ro: &Rollout, ctx: &Context) -> Result<Observed, Error> {
             TargetView {
                 replicas: spec.replicas.unwrap_or(1),
                 artifact: artifact(&template, ro.spec.require_digest),
+                template: Some(fingerprint(&template.to_string())),
             }
         });
     let workload = |d: Option<Deployment>| d.as_ref().map(Workload::from_deployment);
@@ -416,6 +422,7 @@ pub fn release_view(r: &Release) -> ReleaseView {
             .r#override
             .is_some_and(|o| !o.reason.trim().is_empty()),
         verdict: status.verdict.map(|v| v.reason),
+        template: Some(fingerprint(&r.spec.pod_template.to_string())),
     }
 }
 
@@ -680,6 +687,8 @@ mod tests {
         let core = r#"services "web-canary" is forbidden: User "u" cannot create resource "services" in API group "" in the namespace "shop""#;
         assert!(explain(core).contains("may not create services in namespace shop"));
         assert_eq!(explain("connection refused"), "connection refused");
+        let terminating = r#"releases.rollguard.dev "web-cc" is forbidden: unable to create new content in namespace shop because it is being terminated"#;
+        assert_eq!(explain(terminating), terminating, "not a permission");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct TargetView {
     pub replicas: i32,
     /// The artifact its template declares, or why it is refused.
     pub artifact: Result<Artifact, String>,
+    /// A fingerprint of its pod template, comparable with a Release's.
+    pub template: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +64,8 @@ pub struct ReleaseView {
     /// A human lifted the Unstable verdict, with a reason.
     pub overridden: bool,
     pub verdict: Option<String>,
+    /// A fingerprint of the pod template the Release snapshotted.
+    pub template: Option<String>,
 }
 
 /// The analysis run of the current canary.
@@ -793,6 +797,7 @@ impl Planner<'_> {
                 );
                 self.timeline("Stable", "the target declares the stable digest again");
             }
+            self.check_template(&stable);
             return;
         }
         let name = release_name(self.name, &artifact.digest);
@@ -1146,6 +1151,54 @@ impl Planner<'_> {
                     self.requeue = 5;
                 }
             }
+        }
+    }
+
+    /// Releases are made per image digest. A target whose pod template changed while its
+    /// digest did not (an environment variable, a resource limit, `kubectl rollout restart`)
+    /// is not a new Release, and the stable Deployment keeps the Release's template: say so,
+    /// once, rather than let the change look applied.
+    fn check_template(&mut self, stable: &ReleaseRef) {
+        let target = self.obs.target.as_ref().and_then(|t| t.template.clone());
+        let release = self
+            .release(&stable.release)
+            .and_then(|r| r.template.clone());
+        let (Some(target), Some(release)) = (target, release) else {
+            return;
+        };
+        let now = self.now();
+        let flagged = self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TemplateInSync" && c.status == "False");
+        if target != release {
+            let message = format!(
+                "the target's pod template changed but its image digest is still {} (Release \
+                 {}); rollguard releases by digest, so the change is not running. Ship it with a \
+                 new image digest, or revert it on the target",
+                stable.short_digest, stable.release
+            );
+            if !flagged {
+                self.note(true, "TemplateNotRolledOut", message.clone());
+            }
+            set_condition(
+                &mut self.status,
+                "TemplateInSync",
+                false,
+                "SameDigest",
+                &message,
+                now,
+            );
+        } else if flagged {
+            set_condition(
+                &mut self.status,
+                "TemplateInSync",
+                true,
+                "InSync",
+                "the target's pod template is the stable Release's",
+                now,
+            );
         }
     }
 
@@ -1974,6 +2027,7 @@ mod tests {
             phase: Some(phase),
             overridden: false,
             verdict: None,
+            template: None,
         }
     }
 
@@ -1984,6 +2038,7 @@ mod tests {
             target: Some(TargetView {
                 replicas: 0,
                 artifact: Ok(artifact(declared)),
+                template: None,
             }),
             stable: Some(workload(&release_name("c", OLD), OLD, 4)),
             releases: vec![release(OLD, ReleasePhase::Stable)],
@@ -2054,6 +2109,56 @@ mod tests {
     }
 
     #[test]
+    fn a_template_change_under_the_stable_digest_is_reported_once_and_cleared() {
+        let mut o = observed(OLD, 2000);
+        o.releases[0].template = Some("t1".into());
+        o.target.as_mut().expect("target").template = Some("t1".into());
+        let same = decide("c", &spec(), &stable_status(), &o);
+        assert!(
+            same.status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != "TemplateInSync")
+        );
+        assert!(same.notes.is_empty());
+
+        o.target.as_mut().expect("target").template = Some("t2".into());
+        let changed = decide("c", &spec(), &stable_status(), &o);
+        let c = changed
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "TemplateInSync")
+            .expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SameDigest")
+        );
+        assert!(c.message.contains("not running"), "{}", c.message);
+        assert_eq!(changed.notes.len(), 1);
+        assert!(changed.notes[0].warning);
+        assert!(
+            changed
+                .actions
+                .iter()
+                .all(|a| !matches!(a, Action::CreateRelease { .. })),
+            "no Release for a template without a new digest"
+        );
+        let again = decide("c", &spec(), &changed.status, &o);
+        assert!(again.notes.is_empty(), "said once");
+
+        o.target.as_mut().expect("target").template = Some("t1".into());
+        let reverted = decide("c", &spec(), &again.status, &o);
+        let c = reverted
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "TemplateInSync")
+            .expect("condition");
+        assert_eq!(c.status, "True");
+    }
+
+    #[test]
     fn a_canary_mid_step_sleeps_until_its_next_measurement_or_the_steps_end() {
         // Step 0 lasts 30 s from t=1000; now is t=1005.
         let (s, mut o) = progressing();
@@ -2090,6 +2195,7 @@ mod tests {
         o.target = Some(TargetView {
             replicas: 4,
             artifact: Ok(artifact(OLD)),
+            template: None,
         });
         let plan = decide("c", &spec(), &RolloutStatus::default(), &o);
         let r = release_name("c", OLD);
@@ -2138,6 +2244,7 @@ mod tests {
         o.target = Some(TargetView {
             replicas: 4,
             artifact: Err("container \"c\" image \"img:1\" is not pinned by digest".into()),
+            template: None,
         });
         let plan = decide("c", &spec(), &stable_status(), &o);
         assert!(!plan.actions.iter().any(|a| matches!(
@@ -2248,6 +2355,7 @@ mod tests {
         o.target = Some(TargetView {
             replicas: 0,
             artifact: Ok(artifact(NEW)),
+            template: None,
         });
         let plan = decide("c", &spec(), &s, &o);
         let r = release_name("c", NEW);
@@ -2555,6 +2663,7 @@ mod tests {
         let mut o = observed(NEW, 2000);
         o.releases.push(ReleaseView {
             verdict: Some("error-rate failed".into()),
+            template: None,
             ..release(NEW, ReleasePhase::Unstable)
         });
         let plan = decide("c", &spec(), &stable_status(), &o);
@@ -2779,6 +2888,7 @@ mod tests {
         o.target = Some(TargetView {
             replicas: 0,
             artifact: Ok(artifact(OLD)),
+            template: None,
         });
         let plan = decide("c", &spec(), &s, &o);
         assert_eq!(plan.status.phase, Some(RolloutPhase::Stable));
@@ -2881,6 +2991,7 @@ mod tests {
         let mut o = observed(NEW, 2000);
         o.releases.push(ReleaseView {
             verdict: Some("error-rate: canary 8% vs baseline 0.5%".into()),
+            template: None,
             ..release(NEW, ReleasePhase::Unstable)
         });
         let mut status = stable_status();
@@ -2900,6 +3011,7 @@ mod tests {
         o.target = Some(TargetView {
             replicas: 0,
             artifact: Ok(artifact(OLD)),
+            template: None,
         });
         status = decide("c", &spec(), &status, &o).status;
         assert_eq!(status.phase, Some(RolloutPhase::Stable));
