@@ -174,13 +174,13 @@ impl Leadership {
         self.refresh();
     }
 
-    /// When the fence closes by itself unless a renewal is seen first.
+    /// When the fence closes by itself unless a renewal is seen first; None when it is closed
+    /// already (nothing to wake up for until the Lease changes).
     fn closes_in(&self) -> Option<Duration> {
         let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = write_deadline(view.as_ref(), &self.identity, self.margin)?;
-        Some(Duration::from_micros(
-            (deadline - now_micros()).max(0) as u64
-        ))
+        let left = deadline - now_micros();
+        (left > 0).then(|| Duration::from_micros(left as u64))
     }
 
     fn refresh(&self) {
@@ -576,6 +576,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rollguard_leader 0"), "{text}");
+    }
+
+    #[test]
+    fn the_timer_waits_for_the_deadline_and_not_past_it() {
+        let l = Leadership::new(
+            "me".into(),
+            "lease".into(),
+            Duration::from_millis(2500),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(l.closes_in(), None, "no Lease seen");
+        l.set_view(Some(LeaseView {
+            holder: Some("me".into()),
+            renewed_micros: now_micros(),
+            duration_secs: 15,
+        }));
+        let left = l.closes_in().expect("open");
+        assert!(
+            left <= Duration::from_millis(12_500) && left > Duration::from_secs(12),
+            "{left:?}"
+        );
+        // A renewal long missed (an apiserver outage): closed, and no timer spinning on it.
+        l.set_view(Some(LeaseView {
+            holder: Some("me".into()),
+            renewed_micros: now_micros() - 60 * SEC,
+            duration_secs: 15,
+        }));
+        assert_eq!(l.closes_in(), None);
     }
 
     #[test]
