@@ -229,7 +229,7 @@ pub fn run() -> anyhow::Result<()> {
                     renew_deadline: args.renew_deadline,
                     rework_window: args.rework_window,
                 },
-                Some(log),
+                log,
             ))
         }
         Command::Status {

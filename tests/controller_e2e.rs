@@ -384,6 +384,13 @@ impl Fixture {
             .await;
     }
 
+    /// Deploys the bad digest and, once its canary's 10% is verified, gives its pods `profile`.
+    async fn deploy_bad(&self, profile: &str) {
+        self.set_target(BAD_C).await;
+        self.wait_first_step().await;
+        self.fault("canary", profile).await;
+    }
+
     /// Gives the running pods of one arm a fault profile, as a bad version would behave.
     async fn fault(&self, arm: &str, profile: &str) {
         let pods = self
@@ -575,9 +582,7 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
 
     // A bad digest: once the canary's 10% weight is verified, its pods start failing 10% of
     // requests. The rollback must zero the weight.
-    fx.set_target(BAD_C).await;
-    fx.wait_first_step().await;
-    fx.fault("canary", ERRORS).await;
+    fx.deploy_bad(ERRORS).await;
     let to_zero = fx.weight_back_to_zero(Duration::from_secs(120)).await;
     println!("fault onset to verified weight 0: {to_zero:.1?}");
     let rolled = fx.check_rolled_back(BAD_C, GOOD_B, "error-rate").await;
@@ -710,9 +715,7 @@ async fn a_latency_only_regression_is_rolled_back() {
     let fx = Fixture::new("ctl-slow", &sc).await;
     let _controller = fx.controller();
     fx.initialized().await;
-    fx.set_target(BAD_C).await;
-    fx.wait_first_step().await;
-    fx.fault("canary", SLOW).await;
+    fx.deploy_bad(SLOW).await;
     let to_zero = fx.weight_back_to_zero(Duration::from_secs(120)).await;
     println!("latency fault onset to verified weight 0: {to_zero:.1?}");
     fx.check_rolled_back(BAD_C, GOOD_A, "latency").await;
@@ -741,9 +744,7 @@ async fn a_rollback_survives_sigkill_after_every_saga_step() {
         ControllerProcess::start_with(&log, &[("ROLLGUARD_TEST_HALT_AFTER", &format!("{step:?}"))])
     };
     let mut controller = halting(steps[0]);
-    fx.set_target(BAD_C).await;
-    fx.wait_first_step().await;
-    fx.fault("canary", ERRORS).await;
+    fx.deploy_bad(ERRORS).await;
     for (i, step) in steps.iter().enumerate() {
         let recorded = eventually(
             &format!("saga step {step:?} recorded"),
@@ -1476,9 +1477,7 @@ async fn a_receiver_down_for_two_minutes_gets_the_incident_once_when_it_returns(
     let fx = Fixture::new("ctl-down", &sc).await;
     let _controller = fx.controller();
     fx.initialized().await;
-    fx.set_target(BAD_C).await;
-    fx.wait_first_step().await;
-    fx.fault("canary", ERRORS).await;
+    fx.deploy_bad(ERRORS).await;
     fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
     let failing = eventually("the delivery failing", Duration::from_secs(30), || async {
         fx.status()
@@ -1653,6 +1652,25 @@ async fn a_killed_leader_is_replaced_within_the_lease_duration() {
     assert_eq!(
         ready.text().await.unwrap_or_default().trim(),
         "ready (standby)"
+    );
+    // The log filter changes at runtime; a bad one is refused and the old one stays.
+    let level = format!("http://127.0.0.1:{}/log-level", standby.port);
+    let http = reqwest::Client::new();
+    let put = |body: &'static str| http.put(&level).body(body).send();
+    let ok = put("info,rollguard=trace").await.expect("PUT /log-level");
+    assert_eq!(ok.status(), 200);
+    let bad = put("info,,=x[").await.expect("PUT /log-level");
+    assert_eq!(bad.status(), 400);
+    assert!(
+        bad.text()
+            .await
+            .unwrap_or_default()
+            .contains("invalid filter")
+    );
+    let now = reqwest::get(&level).await.expect("GET /log-level");
+    assert_eq!(
+        now.text().await.unwrap_or_default().trim(),
+        "info,rollguard=trace"
     );
 
     fx.set_target(GOOD_B).await;
@@ -1833,9 +1851,7 @@ async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permissi
         ],
     );
     fx.initialized().await;
-    fx.set_target(BAD_C).await;
-    fx.wait_first_step().await;
-    fx.fault("canary", ERRORS).await;
+    fx.deploy_bad(ERRORS).await;
     fx.weight_back_to_zero(Duration::from_secs(120)).await;
     fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
     let log = std::fs::read_to_string(fx.log()).unwrap_or_default();
@@ -1937,9 +1953,7 @@ async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permissi
 async fn sigterm_mid_rollback_hands_the_lease_over_at_once() {
     let fx = Fixture::new("e2e-handover", &Scenario::default()).await;
     let (lease, leader, standby) = two_replicas(&fx, "handover").await;
-    fx.set_target(BAD_C).await;
-    fx.wait_first_step().await;
-    fx.fault("canary", ERRORS).await;
+    fx.deploy_bad(ERRORS).await;
     fx.wait_phase(RolloutPhase::RollingBack, None, Duration::from_secs(60))
         .await;
     let standby_id = standby.id();
@@ -2015,4 +2029,40 @@ async fn a_template_change_without_a_new_digest_is_reported_not_ignored() {
     })
     .await;
     fx.cleanup().await;
+}
+
+/// Bad settings stop the controller at once, naming the flag or the object: lease timings
+/// that cannot work, and a controller namespace that does not exist (where the Lease lives).
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn bad_start_up_settings_stop_the_controller_naming_what_is_wrong() {
+    let start = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rollguard"))
+            .args(["controller", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the controller");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = start(&["--lease-duration", "10s", "--renew-deadline", "10s"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "--renew-deadline 10s must be at least 1s and shorter than --lease-duration 10s"
+        ),
+        "{err}"
+    );
+    let missing = unique("rg-missing");
+    let (ok, err) = start(&["--namespace", &missing]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("Lease {missing}/rollguard-leader"))
+            && err.contains("--namespace must exist"),
+        "{err}"
+    );
 }

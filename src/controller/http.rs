@@ -55,7 +55,7 @@ impl LogLevel {
 struct Shared {
     ctx: Arc<Context>,
     ready: Arc<AtomicBool>,
-    log: Option<Arc<LogLevel>>,
+    log: Arc<LogLevel>,
 }
 
 async fn readyz(State(s): State<Shared>) -> Response {
@@ -90,11 +90,8 @@ async fn metrics(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn get_log_level(State(s): State<Shared>) -> Response {
-    match &s.log {
-        Some(log) => (StatusCode::OK, format!("{}\n", log.get())).into_response(),
-        None => (StatusCode::NOT_FOUND, "no reloadable log filter\n").into_response(),
-    }
+async fn get_log_level(State(s): State<Shared>) -> String {
+    format!("{}\n", s.log.get())
 }
 
 /// Only from loopback: in a pod that means `kubectl port-forward`, never through the Service
@@ -111,9 +108,7 @@ async fn put_log_level(
         )
             .into_response();
     }
-    let Some(log) = &s.log else {
-        return (StatusCode::NOT_FOUND, "no reloadable log filter\n").into_response();
-    };
+    let log = &s.log;
     let before = log.get();
     match log.set(&body) {
         Ok(()) => {
@@ -128,12 +123,12 @@ pub async fn serve(
     listen: SocketAddr,
     ctx: Arc<Context>,
     ready: Arc<AtomicBool>,
-    log: Option<LogLevel>,
+    log: LogLevel,
 ) -> anyhow::Result<()> {
     let shared = Shared {
         ctx,
         ready,
-        log: log.map(Arc::new),
+        log: Arc::new(log),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

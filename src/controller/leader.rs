@@ -254,7 +254,7 @@ async fn compete(
         .await
         .map_err(|e| {
             anyhow::anyhow!(
-                "Lease {namespace}/{}: {e} (the controller needs get, create, update and patch on leases in its namespace)",
+                "Lease {namespace}/{}: {e} (--namespace must exist, and the controller needs get, list, watch, create, update and patch on leases there)",
                 leadership.lease
             )
         })?;

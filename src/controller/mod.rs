@@ -90,7 +90,7 @@ fn key(ro: &Rollout) -> String {
 /// Runs the controller until SIGTERM or Ctrl-C: stands for leader, keeps its caches warm either
 /// way, and reconciles only while it leads. On a signal it finishes the plans in flight, then
 /// releases the Lease so that a standby takes over at once.
-pub async fn run(settings: Settings, log: Option<http::LogLevel>) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, log: http::LogLevel) -> anyhow::Result<()> {
     let timing = leader::timing(settings.lease_duration, settings.renew_deadline)
         .map_err(|e| anyhow::anyhow!(e))?;
     let config = kube::Config::infer().await?;
