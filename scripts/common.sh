@@ -17,3 +17,25 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
     mkdir -p "$CARGO_TARGET_DIR" && printf '%s\n' "$ROOT" >"$marker"
   fi
 fi
+
+# Builds one binary of this checkout and prints its path as cargo reports it. Every script finds
+# its binaries this way, so none runs a binary that another build (another checkout, an old
+# `target/`) left behind.
+#   cargo_bin PACKAGE BINARY
+cargo_bin() {
+  (cd "$ROOT" && cargo build --quiet -p "$1" --bin "$2" --message-format=json-render-diagnostics) |
+    python3 -c '
+import json, sys
+want = sys.argv[1]
+path = None
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == want:
+        path = m["executable"]
+if not path:
+    sys.exit(f"cargo reported no executable named {want}")
+print(path)' "$2"
+}

@@ -193,3 +193,84 @@ async fn a_huge_answer_is_refused_with_the_fix() {
     assert!(err.to_string().contains(&format!("{n} series")), "{err}");
     server.abort();
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A loopback server that answers one query with `total` bytes of a never-ending vector of
+/// series, announced with a content-length or not (chunked, so only reading tells the size).
+async fn flooding_server(total: usize, announce: bool) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let server = tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let mut request = vec![0u8; 65536];
+        let _ = socket.read(&mut request).await;
+        let head = if announce {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {total}\r\n\r\n"
+            )
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".into()
+        };
+        if socket.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let opening = r#"{"status":"success","data":{"resultType":"vector","result":["#;
+        let series = r#"{"metric":{"__name__":"x","pod":"p"},"value":[1,"1"]},"#.repeat(1000);
+        let mut sent = 0;
+        let mut first = true;
+        while sent < total {
+            let piece = if first {
+                format!("{opening}{series}")
+            } else {
+                series.clone()
+            };
+            first = false;
+            let framed = if announce {
+                piece.into_bytes()
+            } else {
+                format!("{:x}\r\n{piece}\r\n", piece.len()).into_bytes()
+            };
+            // The client hangs up once it has read its cap; that ends the flood.
+            if socket.write_all(&framed).await.is_err() {
+                return;
+            }
+            sent += framed.len();
+        }
+    });
+    (address, server)
+}
+
+#[tokio::test]
+async fn a_100_mb_answer_is_cut_off_while_streaming() {
+    for announce in [false, true] {
+        let (address, server) = flooding_server(100 << 20, announce).await;
+        let before = rss_kib();
+        let err = source(&address, Duration::from_secs(20))
+            .query("{__name__=~\".+\"}", now())
+            .await
+            .expect_err("too big");
+        let grew_mib = rss_kib().saturating_sub(before) as f64 / 1024.0;
+        println!(
+            "100 MB answer (content-length announced: {announce}): RSS grew {grew_mib:.1} MiB; {err}"
+        );
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        assert!(grew_mib < 20.0, "RSS grew {grew_mib:.1} MiB");
+        server.abort();
+    }
+}

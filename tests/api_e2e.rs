@@ -238,6 +238,35 @@ async fn invalid_rollouts_are_rejected_naming_the_field() {
         "spec.baseline",
         "Unsupported value",
     );
+    // No analysis is a choice written down (withoutAnalysis), never an omission.
+    let mut unjudged = rollout(json!([{"setWeight": 10}]));
+    unjudged["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("analysis");
+    assert_rejected(
+        apply(c, Some(&ns.name), &rollouts, &unjudged).await,
+        "spec",
+        "withoutAnalysis: true",
+    );
+    unjudged["spec"]["withoutAnalysis"] = json!(true);
+    apply(c, Some(&ns.name), &rollouts, &unjudged)
+        .await
+        .expect("no analysis, by the owner's written choice");
+    let mut both = rollout(json!([{"setWeight": 10}]));
+    both["spec"]["withoutAnalysis"] = json!(true);
+    assert_rejected(
+        apply(c, Some(&ns.name), &rollouts, &both).await,
+        "spec",
+        "not both",
+    );
+    let mut long_arg = rollout(json!([{"setWeight": 10}]));
+    long_arg["spec"]["analysis"]["args"][0]["value"] = json!("x".repeat(2000));
+    assert_rejected(
+        apply(c, Some(&ns.name), &rollouts, &long_arg).await,
+        "spec.analysis.args[0].value",
+        "Too long",
+    );
     ns.cleanup().await;
 }
 
@@ -359,6 +388,17 @@ async fn templates_need_one_judgment_and_carry_no_urls() {
         "spec.args[0].type",
         "Unsupported value",
     );
+    // What crashed the controller took a 12 KB query; the apiserver now refuses anything past
+    // 4 KiB, and a 1 MB one outright.
+    for size in [4097, 1 << 20] {
+        let mut huge = error_rate_metric();
+        huge["errorRate"]["requests"] = json!(format!("sum(x){}", " + 1".repeat(size / 4)));
+        assert_rejected(
+            apply(c, Some(&ns.name), &templates, &template(huge)).await,
+            "spec.metrics[0].errorRate.requests",
+            "Too long",
+        );
+    }
     let mut twice = template(error_rate_metric());
     twice["spec"]["metrics"] = json!([error_rate_metric(), error_rate_metric()]);
     assert_rejected(

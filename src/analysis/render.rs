@@ -48,6 +48,115 @@ pub enum RenderError {
         "the value of {{{{{0}}}}} cannot be placed in a backtick string (it contains a backtick)"
     )]
     Backtick(String),
+    #[error("the query is {0} bytes long; at most {MAX_QUERY_BYTES} are accepted")]
+    TooLong(usize),
+    #[error(
+        "the query has more than {MAX_OPERATORS} operators; split it into several metrics or \
+         simplify it"
+    )]
+    TooManyOperators,
+    #[error("the query nests brackets more than {MAX_NESTING} deep")]
+    TooDeep,
+}
+
+/// The most bytes a query may have, as written in a template or once rendered.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// The most operators (binary, unary, set and comparison) a query may have. The parser, the
+/// printer and the offset rewriting all recurse over the query's tree, whose depth grows with
+/// each operator of a chain like `x + 1 + 1 …`; real queries use a handful.
+pub const MAX_OPERATORS: usize = 64;
+/// The most brackets (calls, groups, aggregations) a query may nest.
+pub const MAX_NESTING: usize = 32;
+
+/// The worst query the bounds admit: 4 KiB, with every operator and bracket they allow. The
+/// tests render it on a small stack; `cargo bench --bench render` times it.
+pub fn worst_admitted() -> String {
+    let mut q = String::new();
+    // sum( rate( { [ take four levels.
+    for _ in 0..MAX_NESTING - 4 {
+        q.push_str("abs(");
+    }
+    q.push_str(r#"sum(rate(http_requests_total{pod=~"{{arm}}-.*", code=~"5.."}[5m]))"#);
+    for _ in 0..MAX_OPERATORS {
+        q.push_str(" + 1");
+    }
+    q.push_str(&")".repeat(MAX_NESTING - 4));
+    let pad = MAX_QUERY_BYTES - q.len();
+    q.replace(
+        "http_requests_total",
+        &format!("http_requests_total{}", "_".repeat(pad)),
+    )
+}
+
+/// Checked before a query is parsed or rendered, in one pass without recursion, so that no
+/// template decides how deep rollguard recurses or how long it works on one query.
+/// Operators are counted outside strings, label matchers and range brackets; a `-` in a number
+/// like `1e-3` counts too, which errs on the safe side.
+pub fn check_bounds(query: &str) -> Result<(), RenderError> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(RenderError::TooLong(query.len()));
+    }
+    let bytes = query.as_bytes();
+    let (mut operators, mut depth, mut matchers) = (0usize, 0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == b'\\' && q != b'`' {
+                i += 1;
+            } else if b == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' | b'\'' | b'`' => quote = Some(b),
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if b != b'(' {
+                    matchers += 1;
+                }
+                if depth > MAX_NESTING {
+                    return Err(RenderError::TooDeep);
+                }
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if b != b')' {
+                    matchers = matchers.saturating_sub(1);
+                }
+            }
+            _ if matchers > 0 => {}
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' | b'=' | b'!' => {
+                operators += 1;
+                // `==`, `!=`, `<=`, `>=` are one operator.
+                if bytes.get(i + 1) == Some(&b'=') {
+                    i += 1;
+                }
+            }
+            b if b.is_ascii_alphabetic() || b == b'_' => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                if matches!(&query[start..i], "and" | "or" | "unless" | "atan2") {
+                    operators += 1;
+                }
+                if operators > MAX_OPERATORS {
+                    return Err(RenderError::TooManyOperators);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if operators > MAX_OPERATORS {
+            return Err(RenderError::TooManyOperators);
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Values a query is rendered with.
@@ -161,7 +270,9 @@ pub fn render(
     bindings: &Bindings,
     types: &BTreeMap<String, ArgumentType>,
 ) -> Result<String, RenderError> {
+    check_bounds(template)?;
     let rendered = substitute(template, types, |name| value_of(name, bindings))?;
+    check_bounds(&rendered)?;
     let probe = substitute(template, types, |name| probe_value(name, types))?;
     let real_ast = promql_parser::parser::parse(&rendered).map_err(RenderError::Parse)?;
     let probe_ast = promql_parser::parser::parse(&probe).map_err(RenderError::Parse)?;
@@ -175,6 +286,7 @@ pub fn render(
 /// more `offset`. The post-promotion verification compares the promoted stable with itself
 /// before the rollout this way.
 pub fn shift_back(promql: &str, seconds: u64) -> Result<String, RenderError> {
+    check_bounds(promql)?;
     let mut ast = promql_parser::parser::parse(promql).map_err(RenderError::Parse)?;
     shift(&mut ast, std::time::Duration::from_secs(seconds));
     Ok(ast.to_string())
@@ -218,6 +330,7 @@ pub fn check_template(
     template: &str,
     types: &BTreeMap<String, ArgumentType>,
 ) -> Result<String, RenderError> {
+    check_bounds(template)?;
     let probe = substitute(template, types, |name| probe_value(name, types))?;
     promql_parser::parser::parse(&probe).map_err(RenderError::Parse)?;
     Ok(probe)
@@ -592,6 +705,62 @@ mod tests {
             ),
             Err(RenderError::Undeclared("zone".into()))
         );
+    }
+
+    #[test]
+    fn oversized_or_overdeep_queries_are_refused_before_parsing() {
+        // What crashed the controller: 3,000 terms of `sum(x{…}) + 1 + 1 …`.
+        let chain = format!(r#"sum(x{{job="{{{{arm}}}}"}}){}"#, " + 1".repeat(3000));
+        let types = BTreeMap::new();
+        assert_eq!(
+            render(&chain, &bindings("web", &[]), &types),
+            Err(RenderError::TooLong(chain.len()))
+        );
+        let short_chain = format!("x{}", "+1".repeat(MAX_OPERATORS + 1));
+        assert!(short_chain.len() < MAX_QUERY_BYTES);
+        assert_eq!(
+            check_template(&short_chain, &types),
+            Err(RenderError::TooManyOperators)
+        );
+        assert_eq!(
+            check_template(&format!("x{}", " or y".repeat(MAX_OPERATORS + 1)), &types),
+            Err(RenderError::TooManyOperators)
+        );
+        let unary = format!("{}1", "-".repeat(MAX_OPERATORS + 1));
+        assert_eq!(shift_back(&unary, 60), Err(RenderError::TooManyOperators));
+        let deep = format!(
+            "{}x{}",
+            "(".repeat(MAX_NESTING + 1),
+            ")".repeat(MAX_NESTING + 1)
+        );
+        assert_eq!(check_template(&deep, &types), Err(RenderError::TooDeep));
+        // Operators inside strings, matchers and ranges do not count.
+        let quoted = format!(r#"sum(x{{a="{}", b!~"-+"}}[5m:1m])"#, "+".repeat(500));
+        assert!(check_bounds(&quoted).is_ok());
+        // A long string value makes the rendered query too long, not a parse.
+        let long_value = "v".repeat(MAX_QUERY_BYTES);
+        assert!(matches!(
+            render(r#"x{a="{{arm}}"}"#, &bindings(&long_value, &[]), &types),
+            Err(RenderError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn the_worst_admitted_query_renders_on_a_small_stack() {
+        let q = worst_admitted();
+        assert_eq!(q.len(), MAX_QUERY_BYTES);
+        // 256 KiB: an eighth of a tokio worker's stack. Rendering parses, prints and compares
+        // the query; offsetting rewrites it; nothing of it may recurse past the bounds.
+        let done = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let rendered = render(&q, &bindings("web", &[]), &BTreeMap::new())?;
+                shift_back(&rendered, 600)
+            })
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert!(done.is_ok(), "{done:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Where measurements come from. [`MetricSource`] answers instant queries; [`PrometheusSource`]
-//! is the Prometheus implementation (prometheus-http-query over reqwest with rustls).
+//! is the Prometheus implementation: the HTTP API's instant query over reqwest with rustls,
+//! its answer read in chunks up to [`MAX_ANSWER_BYTES`] and only then decoded.
 //!
 //! Nothing a source can do wrong becomes a Pass: every failure is a [`SourceError`] or a
 //! [`NoValue`] that the judgments turn into Inconclusive with the reason.
@@ -65,6 +66,18 @@ pub trait MetricSource: Send + Sync {
 /// between measurements would cost memory for nothing.
 pub const MAX_SERIES: usize = 10_000;
 
+/// The most bytes of one answer rollguard reads. An answer of [`MAX_SERIES`] series with
+/// ordinary labels takes about 3 MiB; a query that selects every series of a Prometheus takes
+/// hundreds, and is cut off here, before any of it is decoded.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+fn too_big(address: &str) -> SourceError {
+    SourceError::Decode(format!(
+        "the answer from {address} is larger than {} MiB, more than rollguard reads: aggregate the query (e.g. sum(...))",
+        MAX_ANSWER_BYTES >> 20
+    ))
+}
+
 fn too_many(n: usize) -> SourceError {
     SourceError::Decode(format!(
         "the query returned {n} series, more than the {MAX_SERIES} rollguard accepts: aggregate it (e.g. sum(...) or sum by (le) (...))"
@@ -115,7 +128,8 @@ impl std::fmt::Debug for Credentials {
 pub struct PrometheusSource {
     address: String,
     timeout: Duration,
-    client: prometheus_http_query::Client,
+    query_url: reqwest::Url,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for PrometheusSource {
@@ -160,6 +174,8 @@ impl PrometheusSource {
             .timeout(timeout)
             .connect_timeout(timeout)
             .default_headers(headers)
+            // Like the receivers' client: an address answers itself, or fails.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("rollguard/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &credentials.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
@@ -179,12 +195,21 @@ impl PrometheusSource {
         let http = builder
             .build()
             .map_err(|e| SourceError::Config(format!("building the HTTP client: {e}")))?;
-        let client = prometheus_http_query::Client::from(http, address)
-            .map_err(|e| SourceError::Config(format!("address {address:?}: {e}")))?;
+        let query_url = reqwest::Url::parse(address)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .and_then(|u| {
+                u.join(&format!("{}/api/v1/query", u.path().trim_end_matches('/')))
+                    .ok()
+            })
+            .ok_or_else(|| {
+                SourceError::Config(format!("address {address:?} is not an http(s) URL"))
+            })?;
         Ok(PrometheusSource {
             address: address.to_owned(),
             timeout,
-            client,
+            query_url,
+            http,
         })
     }
 
@@ -192,36 +217,179 @@ impl PrometheusSource {
         &self.address
     }
 
-    fn map_error(&self, e: prometheus_http_query::Error) -> SourceError {
-        use prometheus_http_query::Error;
-        match e {
-            Error::Prometheus(p) => SourceError::Prometheus {
-                kind: format!("{:?}", p.error_type()),
-                message: p.message().to_owned(),
-            },
-            Error::Client(c) => match c.inner() {
-                Some(r) if r.is_timeout() => SourceError::Timeout {
-                    address: self.address.clone(),
-                    timeout: self.timeout,
-                },
-                Some(r) if r.is_connect() => SourceError::Unreachable {
-                    address: self.address.clone(),
-                    message: error_chain(r),
-                },
-                Some(r) if r.status().is_some() => SourceError::Http {
-                    address: self.address.clone(),
-                    status: r.status().map_or(0, |s| s.as_u16()),
-                    message: error_chain(r),
-                },
-                Some(r) if r.is_decode() || r.is_body() => SourceError::Decode(error_chain(r)),
-                Some(r) => SourceError::Unreachable {
-                    address: self.address.clone(),
-                    message: error_chain(r),
-                },
-                None => SourceError::Decode(c.to_string()),
-            },
-            other => SourceError::Decode(other.to_string()),
+    fn map_error(&self, e: reqwest::Error) -> SourceError {
+        if e.is_timeout() {
+            SourceError::Timeout {
+                address: self.address.clone(),
+                timeout: self.timeout,
+            }
+        } else if e.is_body() || e.is_decode() {
+            SourceError::Decode(error_chain(&e))
+        } else {
+            SourceError::Unreachable {
+                address: self.address.clone(),
+                message: error_chain(&e),
+            }
         }
+    }
+
+    /// The answer's body, read chunk by chunk and refused once it passes the cap.
+    async fn read_capped(&self, mut response: reqwest::Response) -> Result<Vec<u8>, SourceError> {
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_big(&self.address));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.map_error(e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_big(&self.address));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// An instant query's answer as Prometheus's HTTP API writes it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Answer {
+    status: String,
+    #[serde(default)]
+    data: Option<AnswerData>,
+    #[serde(default)]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "resultType", content = "result")]
+enum AnswerData {
+    Vector(SeriesList),
+    Scalar((f64, String)),
+    Matrix(serde::de::IgnoredAny),
+    String(serde::de::IgnoredAny),
+}
+
+#[derive(serde::Deserialize)]
+struct RawSeries {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// The series of a vector, kept up to [`MAX_SERIES`] and counted beyond, so that an answer of
+/// a million series is refused with its size without a million maps being built.
+struct SeriesList {
+    kept: Vec<RawSeries>,
+    total: usize,
+}
+
+impl<'de> serde::Deserialize<'de> for SeriesList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SeriesList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of series")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SeriesList, A::Error> {
+                let mut list = SeriesList {
+                    kept: Vec::new(),
+                    total: 0,
+                };
+                loop {
+                    if list.total < MAX_SERIES {
+                        match seq.next_element::<RawSeries>()? {
+                            Some(s) => list.kept.push(s),
+                            None => break,
+                        }
+                    } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                    list.total += 1;
+                }
+                Ok(list)
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
+}
+
+/// Prometheus writes sample values as strings: "1.5", "NaN", "+Inf".
+fn sample(text: &str) -> Result<f64, SourceError> {
+    match text {
+        "+Inf" | "Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        _ => text
+            .parse()
+            .map_err(|_| SourceError::Decode(format!("the sample value {text:?} is not a number"))),
+    }
+}
+
+/// `bad_data` → `BadData`: Prometheus's error types as the messages name them.
+fn camel(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Decodes an answer that was read whole and within the cap.
+fn decode(address: &str, status: u16, body: &[u8]) -> Result<Vec<Series>, SourceError> {
+    let answer = match serde_json::from_slice::<Answer>(body) {
+        Ok(a) => a,
+        Err(_) if !(200..300).contains(&status) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+            return Err(SourceError::Http {
+                address: address.to_owned(),
+                status,
+                message: text.trim().to_owned(),
+            });
+        }
+        Err(e) => return Err(SourceError::Decode(format!("not a Prometheus answer: {e}"))),
+    };
+    if answer.status != "success" {
+        return Err(SourceError::Prometheus {
+            kind: camel(answer.error_type.as_deref().unwrap_or("unknown")),
+            message: crate::api::common::bounded(answer.error.as_deref().unwrap_or("")),
+        });
+    }
+    match answer.data {
+        Some(AnswerData::Vector(list)) if list.total > MAX_SERIES => Err(too_many(list.total)),
+        Some(AnswerData::Vector(list)) => list
+            .kept
+            .into_iter()
+            .map(|s| {
+                Ok(Series {
+                    labels: s.metric,
+                    value: sample(&s.value.1)?,
+                })
+            })
+            .collect(),
+        Some(AnswerData::Scalar((_, v))) => Ok(vec![Series {
+            labels: BTreeMap::new(),
+            value: sample(&v)?,
+        }]),
+        Some(AnswerData::Matrix(_)) => Err(SourceError::Decode(
+            "the query returned a range vector; rollguard evaluates instant queries (drop the [range] or wrap it in a function)"
+                .into(),
+        )),
+        Some(AnswerData::String(_)) => Err(SourceError::Decode(
+            "the query returned a string; rollguard needs a number".into(),
+        )),
+        None => Err(SourceError::Decode("the answer has no data".into())),
     }
 }
 
@@ -238,33 +406,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl MetricSource for PrometheusSource {
     async fn query(&self, promql: &str, at: i64) -> Result<Vec<Series>, SourceError> {
-        use prometheus_http_query::response::Data;
-        let answer = self
-            .client
-            .query(promql)
-            .at(at)
-            .timeout(self.timeout.as_millis() as i64)
-            .post()
+        let at = at.to_string();
+        let timeout = format!("{}ms", self.timeout.as_millis());
+        let response = self
+            .http
+            .post(self.query_url.clone())
+            .form(&[("query", promql), ("time", &at), ("timeout", &timeout)])
+            .send()
             .await
             .map_err(|e| self.map_error(e))?;
-        match answer.data() {
-            Data::Vector(v) if v.len() > MAX_SERIES => Err(too_many(v.len())),
-            Data::Vector(v) => Ok(v
-                .iter()
-                .map(|s| Series {
-                    labels: s.metric().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    value: s.sample().value(),
-                })
-                .collect()),
-            Data::Scalar(s) => Ok(vec![Series {
-                labels: BTreeMap::new(),
-                value: s.value(),
-            }]),
-            Data::Matrix(_) => Err(SourceError::Decode(
-                "the query returned a range vector; rollguard evaluates instant queries (drop the [range] or wrap it in a function)"
-                    .into(),
-            )),
-        }
+        let status = response.status().as_u16();
+        let body = self.read_capped(response).await?;
+        decode(&self.address, status, &body)
     }
 }
 
@@ -315,6 +468,64 @@ mod tests {
             Err(NoValue::Several(2))
         );
         assert!(NoValue::Several(2).to_string().contains("sum("));
+    }
+
+    #[test]
+    fn answers_decode_as_prometheus_writes_them() {
+        let ok = |body: &str| decode("p", 200, body.as_bytes());
+        let v = ok(
+            r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"pod":"a"},"value":[1.5,"0.25"]},{"metric":{},"value":[1.5,"NaN"]},
+            {"metric":{},"value":[1.5,"+Inf"]}]}}"#,
+        )
+        .expect("vector");
+        assert_eq!(v[0].labels.get("pod").map(String::as_str), Some("a"));
+        assert_eq!(v[0].value, 0.25);
+        assert!(v[1].value.is_nan() && v[2].value == f64::INFINITY);
+        let s = ok(r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"2"]}}"#);
+        assert_eq!(s.expect("scalar")[0].value, 2.0);
+        let m = ok(r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#);
+        assert!(m.expect_err("matrix").to_string().contains("range vector"));
+        let bad = decode(
+            "p",
+            400,
+            br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
+        );
+        assert_eq!(
+            bad,
+            Err(SourceError::Prometheus {
+                kind: "BadData".into(),
+                message: "parse error".into()
+            })
+        );
+        let huge = format!(
+            r#"{{"status":"error","errorType":"execution","error":"{}"}}"#,
+            "x".repeat(100_000)
+        );
+        let Err(SourceError::Prometheus { message, .. }) = decode("p", 422, huge.as_bytes()) else {
+            panic!("an error answer")
+        };
+        assert!(message.len() <= crate::api::common::MESSAGE_LIMIT);
+        assert!(matches!(
+            decode("p", 404, b"404 page not found"),
+            Err(SourceError::Http { status: 404, .. })
+        ));
+        assert!(matches!(
+            decode("p", 200, b"<html>"),
+            Err(SourceError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn series_beyond_the_cap_are_counted_not_kept() {
+        let n = MAX_SERIES + 5;
+        let one = r#"{"metric":{"pod":"p"},"value":[1,"1"]}"#;
+        let body = format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+            vec![one; n].join(",")
+        );
+        let err = decode("p", 200, body.as_bytes()).expect_err("too many");
+        assert!(err.to_string().contains(&format!("{n} series")), "{err}");
     }
 
     #[test]

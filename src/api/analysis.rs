@@ -67,9 +67,12 @@ pub struct Argument {
     /// The type the value is checked against before it is rendered into a query.
     #[serde(rename = "type")]
     pub kind: ArgumentType,
+    /// The value when the Rollout gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub default: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
 }
 
@@ -143,6 +146,9 @@ fn default_interval() -> Duration {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.min) || has(self.max)").message("set min, max or both"))]
 pub struct Threshold {
+    /// PromQL for one arm, with `{{arm}}`, `{{namespace}}` and `{{args.NAME}}` placeholders
+    /// (at most 4096 bytes).
+    #[schemars(length(min = 1, max = 4096))]
     pub query: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
@@ -154,6 +160,8 @@ pub struct Threshold {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Relative {
+    /// PromQL evaluated once per arm (at most 4096 bytes).
+    #[schemars(length(min = 1, max = 4096))]
     pub query: String,
     pub max_ratio: f64,
     #[serde(default)]
@@ -165,9 +173,11 @@ pub struct Relative {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorRate {
-    /// Counter of all requests of one arm.
+    /// Counter of all requests of one arm (PromQL, at most 4096 bytes).
+    #[schemars(length(min = 1, max = 4096))]
     pub requests: String,
-    /// Counter of failed requests of one arm.
+    /// Counter of failed requests of one arm (PromQL, at most 4096 bytes).
+    #[schemars(length(min = 1, max = 4096))]
     pub errors: String,
     /// The canary fails only when its observed error rate is at least this many times the
     /// baseline's. The anytime-valid test itself is against "the canary is no worse", so this
@@ -202,7 +212,9 @@ fn default_min_requests() -> i64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Latency {
-    /// Histogram bucket counter of one arm (a `_bucket` series with `le`).
+    /// Histogram bucket counter of one arm (a `_bucket` series with `le`; PromQL, at most
+    /// 4096 bytes).
+    #[schemars(length(min = 1, max = 4096))]
     pub buckets: String,
     #[serde(default = "default_quantiles")]
     #[schemars(length(min = 1, max = 5))]

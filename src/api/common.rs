@@ -72,3 +72,35 @@ mod tests {
         assert!(Duration::new("soon").parse().is_err());
     }
 }
+
+/// The most bytes of text from outside (an apiserver or Prometheus error, a receiver's answer)
+/// that rollguard copies into a status field, an Event or an incident.
+pub const MESSAGE_LIMIT: usize = 1024;
+
+/// `text` cut to [`MESSAGE_LIMIT`] bytes at a character boundary, saying how much was cut.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MESSAGE_LIMIT {
+        return text.to_owned();
+    }
+    let mut end = MESSAGE_LIMIT - 40;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &text[..end], text.len() - end)
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn long_outside_text_is_cut_at_a_char_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(50_000);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MESSAGE_LIMIT, "{}", cut.len());
+        assert!(cut.ends_with("more bytes cut)"), "{cut}");
+        let exact = "x".repeat(MESSAGE_LIMIT);
+        assert_eq!(bounded(&exact), exact);
+    }
+}

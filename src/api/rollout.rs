@@ -24,6 +24,9 @@ use super::common::{Condition, Duration};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.analysis) != (has(self.withoutAnalysis) && self.withoutAnalysis)"
+).message("set analysis, or withoutAnalysis: true to promote canaries on their steps' timing alone (not both)"))]
 pub struct RolloutSpec {
     /// The user's Deployment whose pod template declares the desired version, by digest.
     /// rollguard scales it to zero and treats it as the source of truth only.
@@ -38,9 +41,13 @@ pub struct RolloutSpec {
     ).message("setWeight steps must never decrease"))]
     #[schemars(length(min = 1, max = 32))]
     pub steps: Vec<Step>,
-    /// What judges the canary while each step lasts.
+    /// What judges the canary while each step lasts. A step is left only on its Pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<RolloutAnalysis>,
+    /// Promote canaries with no analysis, on their steps' timing alone. Required when
+    /// `analysis` is absent, so that an unjudged rollout is a choice written down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_analysis: bool,
     /// What the canary is compared against: the stable pods (default), or a fresh baseline
     /// Deployment on the stable digest started together with the canary.
     #[serde(default)]
@@ -181,16 +188,18 @@ pub struct Pause {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutAnalysis {
     /// Templates to run for the whole canary, continuously.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 8))]
     pub templates: Vec<TemplateRef>,
     /// Values for the templates' arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub args: Vec<ArgValue>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateRef {
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Refer to a ClusterAnalysisTemplate instead of an AnalysisTemplate in this namespace.
     #[serde(default)]
@@ -200,7 +209,9 @@ pub struct TemplateRef {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArgValue {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
+    #[schemars(length(max = 1024))]
     pub value: String,
 }
 

@@ -16,6 +16,7 @@ use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::PrometheusSource;
 use crate::analysis::verdict::Verdict;
 use crate::api::analysis::{AnalysisTemplate, ClusterAnalysisTemplate, InconclusiveAction};
+use crate::api::common::bounded;
 use crate::api::endpoints::MetricProvider;
 use crate::api::rollout::{AnalysisSummary, BaselineMode, MetricEvidence, QueryValue, Rollout};
 use crate::backtest::format_time;
@@ -88,7 +89,7 @@ impl LiveRun {
                 .map(|a| (a.name.clone(), a.value.clone()))
                 .collect(),
         };
-        let mut runs = Vec::new();
+        let mut specs = Vec::new();
         let mut providers = Vec::new();
         let mut provider_of = HashMap::new();
         for t in &analysis.templates {
@@ -110,10 +111,22 @@ impl LiveRun {
                     .iter()
                     .map(|m| (m.name.clone(), m.provider.clone())),
             );
-            let run = AnalysisRun::new(&spec, &target)
-                .map_err(|e| format!("template {}: {e}", t.name))?;
-            runs.push((t.name.clone(), run));
+            specs.push((t.name.clone(), spec));
         }
+        // Rendering parses every query: bounded in size and depth, and still CPU work a tenant
+        // controls, so it runs off the async workers that renew the Lease and serve the others.
+        let runs = tokio::task::spawn_blocking(move || {
+            specs
+                .into_iter()
+                .map(|(name, spec)| {
+                    AnalysisRun::new(&spec, &target)
+                        .map(|run| (name.clone(), run))
+                        .map_err(|e| format!("template {name}: {e}"))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await
+        .map_err(|e| format!("rendering the templates: {e}"))??;
         let mut sources = HashMap::new();
         let mut broken = BTreeMap::new();
         providers.sort();
@@ -261,7 +274,7 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
     MetricEvidence {
         metric: m.metric.clone(),
         verdict: o.verdict.to_string(),
-        reason: o.reason.clone(),
+        reason: bounded(&o.reason),
         at: format_time(m.at),
         counts,
         source: None,
@@ -283,7 +296,7 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
                 ),
                 promql: q.promql.clone(),
                 value: q.value,
-                error: q.error.clone(),
+                error: q.error.as_deref().map(bounded),
             })
             .collect(),
         critical: m.critical,

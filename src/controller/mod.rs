@@ -406,6 +406,7 @@ async fn observe(ro: &Rollout, ctx: &Context) -> Result<Observed, Error> {
         baseline,
         releases,
         analysis: None,
+        analysis_invalid: None,
         request,
     })
 }
@@ -427,32 +428,15 @@ pub fn release_view(r: &Release) -> ReleaseView {
 }
 
 /// The analysis, measured now: of the canary while it is live with its weight in effect, or of
-/// the promoted stable during its post-promotion window.
-async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
-    ro.spec.analysis.as_ref()?;
-    let status = ro.status.clone().unwrap_or_default();
-    let now = crate::backtest::unix_now();
-    let (id, judged) = match (status.phase, verify_baseline_offset(&status, now)) {
-        (Some(RolloutPhase::Stable), Some(offset)) => (
-            format!("verify/{}", status.stable.as_ref()?.release),
-            Judged::PromotedStable { offset },
-        ),
-        (Some(RolloutPhase::RollingBack), _) => {
-            let offset = recovery_baseline_offset(&ro.spec, &status)?;
-            (
-                format!("recover/{}", status.rollback.as_ref()?.release),
-                Judged::PromotedStable { offset },
-            )
-        }
-        (Some(RolloutPhase::Progressing | RolloutPhase::Paused), _)
-            if status.step_started_at.is_some() =>
-        {
-            (status.canary.as_ref()?.release.clone(), Judged::Canary)
-        }
-        (Some(RolloutPhase::Promoting), _) => {
-            (status.canary.as_ref()?.release.clone(), Judged::Canary)
-        }
-        _ => return None,
+/// the promoted stable during its post-promotion window. A canary waiting for its first weight
+/// has its run started (templates loaded and rendered) but not measured, so that an analysis
+/// that cannot start holds it at weight 0. `Err` says why the analysis cannot start.
+async fn measure(ro: &Rollout, ctx: &Context) -> Result<Option<AnalysisView>, String> {
+    if ro.spec.analysis.is_none() {
+        return Ok(None);
+    }
+    let Some((id, judged, live)) = what_to_judge(ro) else {
+        return Ok(None);
     };
     let slot = ctx
         .runs
@@ -463,7 +447,7 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
         .clone();
     let mut slot = slot.lock().await;
     if slot.as_ref().is_none_or(|r| r.id != id) {
-        match LiveRun::start(
+        let run = LiveRun::start(
             &ctx.client,
             &ctx.settings.namespace,
             ro,
@@ -472,25 +456,53 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Option<AnalysisView> {
             ctx.metrics.clone(),
         )
         .await
-        {
-            Ok(run) => {
-                for (p, why) in run.broken() {
-                    publish(ctx, ro, true, "ProviderUnavailable", &format!("{p}: {why}")).await;
-                }
-                *slot = Some(run);
-            }
-            Err(e) => {
-                publish(ctx, ro, true, "AnalysisInvalid", &e).await;
-                return None;
-            }
+        .map_err(|e| crate::api::common::bounded(&e))?;
+        for (p, why) in run.broken() {
+            publish(ctx, ro, true, "ProviderUnavailable", &format!("{p}: {why}")).await;
         }
+        *slot = Some(run);
     }
-    let run = slot.as_mut()?;
+    let Some(run) = slot.as_mut().filter(|_| live) else {
+        return Ok(None);
+    };
     let started = std::time::Instant::now();
-    let view = run.measure(now).await;
+    let view = run.measure(crate::backtest::unix_now()).await;
     ctx.metrics
         .analysis_seconds(started.elapsed().as_secs_f64());
-    Some(view)
+    Ok(Some(view))
+}
+
+/// Which run the Rollout's phase calls for, and whether it is measured now (`false`: a canary
+/// before its first weight, whose run is only started).
+fn what_to_judge(ro: &Rollout) -> Option<(String, Judged, bool)> {
+    let status = ro.status.clone().unwrap_or_default();
+    let now = crate::backtest::unix_now();
+    Some(match (status.phase, verify_baseline_offset(&status, now)) {
+        (Some(RolloutPhase::Stable), Some(offset)) => (
+            format!("verify/{}", status.stable.as_ref()?.release),
+            Judged::PromotedStable { offset },
+            true,
+        ),
+        (Some(RolloutPhase::RollingBack), _) => {
+            let offset = recovery_baseline_offset(&ro.spec, &status)?;
+            (
+                format!("recover/{}", status.rollback.as_ref()?.release),
+                Judged::PromotedStable { offset },
+                true,
+            )
+        }
+        (Some(RolloutPhase::Progressing | RolloutPhase::Paused), _) => (
+            status.canary.as_ref()?.release.clone(),
+            Judged::Canary,
+            status.step_started_at.is_some(),
+        ),
+        (Some(RolloutPhase::Promoting), _) => (
+            status.canary.as_ref()?.release.clone(),
+            Judged::Canary,
+            true,
+        ),
+        _ => return None,
+    })
 }
 
 fn reset_analysis(ro: &Rollout, ctx: &Context) {
@@ -577,7 +589,10 @@ async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
     let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ns);
     for _ in 0..PASSES {
         let mut obs = observe(ro, ctx).await?;
-        obs.analysis = measure(ro, ctx).await;
+        match measure(ro, ctx).await {
+            Ok(view) => obs.analysis = view,
+            Err(why) => obs.analysis_invalid = Some(why),
+        }
         let status = ro.status.clone().unwrap_or_default();
         let plan = decide(&name, &ro.spec, &status, &obs);
         let mut applier = apply::Applier::new(ctx, ro);

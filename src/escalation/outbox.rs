@@ -196,12 +196,12 @@ pub fn record(
                 d.state = DeliveryState::Pending;
                 d.next_attempt_at = Some(format_time(now + backoff(d.attempts)));
             }
-            d.last_error = Some(why.clone());
+            d.last_error = Some(crate::api::common::bounded(why));
         }
         Outcome::Refused(why) => {
             d.state = DeliveryState::Failed;
             d.next_attempt_at = None;
-            d.last_error = Some(why.clone());
+            d.last_error = Some(crate::api::common::bounded(why));
         }
     }
     entry.state = aggregate(entry, receivers);

@@ -14,7 +14,7 @@ use super::workload::{
 };
 use crate::analysis::run::Decision;
 use crate::api::analysis::InconclusiveAction;
-use crate::api::common::Condition;
+use crate::api::common::{Condition, bounded};
 use crate::api::release::{HistoryEntry, ReleasePhase, ReleaseVerdict};
 use crate::api::rollout::{
     AnalysisSummary, BaselineMode, DeliveryState, IncidentKind, MetricEvidence, OutboxAction,
@@ -124,6 +124,9 @@ pub struct Observed {
     pub baseline: Option<Workload>,
     pub releases: Vec<ReleaseView>,
     pub analysis: Option<AnalysisView>,
+    /// Why the Rollout's analysis cannot start (a missing template, a refused argument, a query
+    /// that does not parse): the canary is held where it is until it can.
+    pub analysis_invalid: Option<String>,
     /// The request annotation, or why it could not be read.
     pub request: Option<Result<Request, InvalidRequest>>,
 }
@@ -249,7 +252,7 @@ pub fn failed(
         return s;
     };
     rb.attempts += 1;
-    rb.last_error = Some(error.to_owned());
+    rb.last_error = Some(bounded(error));
     if rb.attempts < INCOMPLETE_AFTER {
         return s;
     }
@@ -970,6 +973,9 @@ impl Planner<'_> {
             self.withdraw(&canary, &message);
             return;
         }
+        if self.held_unjudged() {
+            return;
+        }
         let now = self.now();
         let analysis = self.obs.analysis.clone();
         if let Some(a) = &analysis {
@@ -1100,28 +1106,7 @@ impl Planner<'_> {
                 self.requeue = self.wake_in(Some((min - elapsed) as u64));
                 return;
             }
-            match analysis.as_ref().map(|a| &a.decision) {
-                None | Some(Decision::Pass) => self.advance(),
-                Some(Decision::Fail { metric, reason, .. }) => {
-                    let (m, r) = (metric.clone(), reason.clone());
-                    let a = analysis
-                        .as_ref()
-                        .map(|a| (a.first_fail_at, failing(&a.summary)));
-                    let (at, ev) = a.unwrap_or_default();
-                    self.begin_rollback(
-                        format!("metric {m} failed at the end of step {i}: {r}"),
-                        Some(m),
-                        at,
-                        ev,
-                    );
-                }
-                Some(_) => {
-                    self.status.message = Some(format!(
-                        "step {i}: canary at {w}%, waiting for enough evidence to pass"
-                    ));
-                    self.requeue = self.wake_in(None);
-                }
-            }
+            self.leave_step(i, &format!("canary at {w}%"));
         } else if let Some(pause) = &step.pause {
             match pause.duration.as_ref().map(|d| secs(d, 0)) {
                 Some(d) => {
@@ -1130,7 +1115,7 @@ impl Planner<'_> {
                         return;
                     };
                     if now - started >= d {
-                        self.advance();
+                        self.leave_step(i, "pause over");
                     } else {
                         self.status.message =
                             Some(format!("step {i}: pause, {}s of {d}s", now - started));
@@ -1152,6 +1137,94 @@ impl Planner<'_> {
                 }
             }
         }
+    }
+
+    /// A step whose time is up is left on a Pass, or with no analysis when the owner wrote
+    /// that choice into the spec (`withoutAnalysis`). A Fail rolls back; anything else waits
+    /// for evidence.
+    fn leave_step(&mut self, i: i32, at: &str) {
+        let analysis = self.obs.analysis.clone();
+        match analysis.as_ref().map(|a| &a.decision) {
+            Some(Decision::Pass) => self.advance(),
+            None if self.spec.analysis.is_none() && self.spec.without_analysis => self.advance(),
+            Some(Decision::Fail { metric, reason, .. }) => {
+                let (m, r) = (metric.clone(), reason.clone());
+                let (at, ev) = analysis
+                    .as_ref()
+                    .map(|a| (a.first_fail_at, failing(&a.summary)))
+                    .unwrap_or_default();
+                self.begin_rollback(
+                    format!("metric {m} failed at the end of step {i}: {r}"),
+                    Some(m),
+                    at,
+                    ev,
+                );
+            }
+            _ => {
+                self.status.message = Some(format!(
+                    "step {i}: {at}, waiting for enough evidence to pass"
+                ));
+                self.requeue = self.wake_in(None);
+            }
+        }
+    }
+
+    /// Why the canary may not be judged: its analysis cannot start, or the Rollout has none
+    /// without saying so. Holding keeps the canary where it is (weight 0 before the first step)
+    /// and says why, in the phase message, a condition and one warning Event; it lifts by
+    /// itself once the analysis starts.
+    fn held_unjudged(&mut self) -> bool {
+        let why = match (&self.spec.analysis, &self.obs.analysis_invalid) {
+            (Some(_), Some(why)) => Some(why.clone()),
+            (None, _) if !self.spec.without_analysis => Some(
+                "the Rollout has no analysis; set spec.analysis, or spec.withoutAnalysis: true to \
+                 promote on the steps' timing alone"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        let now = self.now();
+        let flagged = self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "AnalysisInvalid" && c.status == "True");
+        let Some(why) = why else {
+            if flagged {
+                set_condition(
+                    &mut self.status,
+                    "AnalysisInvalid",
+                    false,
+                    "Started",
+                    "the analysis runs",
+                    now,
+                );
+                self.timeline(
+                    "AnalysisStarted",
+                    "the analysis runs; the canary is judged again",
+                );
+            }
+            return false;
+        };
+        let weight = self.status.canary_weight.unwrap_or(0);
+        let message = format!(
+            "held at {weight}%: the analysis cannot start, and a canary advances only on a Pass: \
+             {why}"
+        );
+        if !flagged {
+            self.note(true, "AnalysisInvalid", message.clone());
+        }
+        set_condition(
+            &mut self.status,
+            "AnalysisInvalid",
+            true,
+            "CannotStart",
+            &why,
+            now,
+        );
+        self.set_phase(RolloutPhase::Paused, message);
+        self.requeue = 10;
+        true
     }
 
     /// Releases are made per image digest. A target whose pod template changed while its
@@ -1721,7 +1794,7 @@ fn push_timeline(status: &mut RolloutStatus, now: i64, reason: &str, message: &s
     status.timeline.push(TimelineEntry {
         at: format_time(now),
         reason: reason.to_owned(),
-        message: message.to_owned(),
+        message: bounded(message),
     });
     let excess = status.timeline.len().saturating_sub(TIMELINE_LIMIT);
     status.timeline.drain(..excess);
@@ -1858,6 +1931,8 @@ pub fn set_condition(
     now: i64,
 ) {
     let value = if ok { "True" } else { "False" };
+    let message = bounded(message);
+    let message = message.as_str();
     let time = Time(Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH));
     if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == type_) {
         if c.status != value {
@@ -1988,6 +2063,7 @@ mod tests {
                 },
             ],
             analysis: None,
+            without_analysis: true,
             baseline: BaselineMode::Stable,
             progress_deadline: Duration::new("10m"),
             require_digest: true,
@@ -2314,6 +2390,137 @@ mod tests {
         assert_eq!(weighted.status.step_started_at, Some(format_time(101)));
     }
 
+    fn analysed(mut sp: RolloutSpec) -> RolloutSpec {
+        sp.analysis = Some(crate::api::rollout::RolloutAnalysis {
+            templates: vec![crate::api::rollout::TemplateRef {
+                name: "golden".into(),
+                cluster_scope: false,
+            }],
+            args: vec![],
+        });
+        sp.without_analysis = false;
+        sp
+    }
+
+    fn held(plan: &Plan) -> Option<&Condition> {
+        plan.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "AnalysisInvalid" && c.status == "True")
+    }
+
+    #[test]
+    fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero_until_it_can() {
+        // Each of what the review found: a missing template, a refused argument, a bad query.
+        for why in [
+            "template golden: analysistemplates.rollguard.dev \"golden\" not found",
+            "template golden: argument \"port\" = \"1 or vector(1)\" is not a valid integer",
+            "template golden: metric error-rate: the query does not parse as PromQL: unclosed",
+        ] {
+            let (mut s, mut o) = progressing();
+            s.canary_weight = Some(0);
+            s.step_started_at = None;
+            o.analysis_invalid = Some(why.into());
+            let sp = analysed(spec());
+            let plan = decide("c", &sp, &s, &o);
+            assert!(
+                !plan
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::SetWeights { .. })),
+                "{why}: {:?}",
+                plan.actions
+            );
+            assert_eq!(plan.status.canary_weight, Some(0));
+            assert_eq!(plan.status.current_step, Some(0));
+            assert_eq!(plan.status.phase, Some(RolloutPhase::Paused));
+            assert!(plan.status.message.as_deref().unwrap_or("").contains(why));
+            assert_eq!(held(&plan).map(|c| c.message.as_str()), Some(why));
+            let notes: Vec<_> = plan.notes.iter().map(|n| n.reason.as_str()).collect();
+            assert_eq!(notes, ["AnalysisInvalid"]);
+            // Still broken on the next reconcile: held, with no second Event.
+            let again = decide("c", &sp, &plan.status, &o);
+            assert!(again.notes.is_empty() && held(&again).is_some());
+            // Fixed: the first weight is set and the condition clears.
+            o.analysis_invalid = None;
+            let fixed = decide("c", &sp, &again.status, &o);
+            assert!(fixed.actions.contains(&Action::SetWeights {
+                canary: 10,
+                baseline: 0
+            }));
+            assert!(held(&fixed).is_none(), "{:?}", fixed.status.conditions);
+        }
+    }
+
+    #[test]
+    fn an_analysis_that_breaks_mid_run_holds_the_step_reached() {
+        let (s, mut o) = progressing();
+        o.now = 1031;
+        o.analysis_invalid = Some("template golden: not found".into());
+        let plan = decide("c", &analysed(spec()), &s, &o);
+        assert_eq!(plan.status.current_step, Some(0));
+        assert_eq!(plan.status.canary_weight, Some(10));
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Paused));
+        assert!(held(&plan).is_some());
+    }
+
+    #[test]
+    fn with_analysis_no_verdict_is_never_a_pass() {
+        let (s, mut o) = progressing();
+        o.now = 1031;
+        o.analysis = None;
+        let plan = decide("c", &analysed(spec()), &s, &o);
+        assert_eq!(plan.status.current_step, Some(0), "no view is not a Pass");
+        assert!(
+            plan.status
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("evidence")
+        );
+    }
+
+    #[test]
+    fn a_rollout_without_analysis_must_say_so() {
+        let (s, mut o) = progressing();
+        o.now = 1031;
+        let mut sp = spec();
+        sp.without_analysis = false;
+        let plan = decide("c", &sp, &s, &o);
+        assert_eq!(plan.status.current_step, Some(0));
+        assert!(held(&plan).is_some_and(|c| c.message.contains("withoutAnalysis")));
+        sp.without_analysis = true;
+        assert_eq!(decide("c", &sp, &s, &o).status.current_step, Some(1));
+    }
+
+    #[test]
+    fn a_timed_pause_is_left_only_on_a_pass_and_a_fail_rolls_back() {
+        let (mut s, mut o) = progressing();
+        let mut sp = analysed(spec());
+        sp.steps.insert(
+            1,
+            Step {
+                set_weight: None,
+                duration: None,
+                pause: Some(crate::api::rollout::Pause {
+                    duration: Some(Duration::new("10s")),
+                }),
+            },
+        );
+        s.current_step = Some(1);
+        s.step_started_at = Some(format_time(1000));
+        o.now = 1011;
+        o.analysis = None;
+        assert_eq!(decide("c", &sp, &s, &o).status.current_step, Some(1));
+        o.analysis = Some(pass());
+        assert_eq!(decide("c", &sp, &s, &o).status.current_step, Some(2));
+        o.analysis = Some(fail(false));
+        assert_eq!(
+            decide("c", &sp, &s, &o).status.phase,
+            Some(RolloutPhase::RollingBack)
+        );
+    }
+
     #[test]
     fn a_step_advances_only_after_its_duration_and_a_pass() {
         let (s, mut o) = progressing();
@@ -2322,6 +2529,7 @@ mod tests {
             templates: vec![],
             args: vec![],
         });
+        sp.without_analysis = false;
         o.analysis = Some(pass());
         o.now = 1020;
         assert_eq!(
