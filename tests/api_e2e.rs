@@ -260,6 +260,16 @@ async fn invalid_rollouts_are_rejected_naming_the_field() {
         "spec",
         "not both",
     );
+    // A target with an arm's name would be scaled to zero and overwritten.
+    for arm in ["stable", "canary", "baseline"] {
+        let mut taken = rollout(json!([{"setWeight": 10}]));
+        taken["spec"]["targetRef"]["name"] = json!(format!("checkout-{arm}"));
+        assert_rejected(
+            apply(c, Some(&ns.name), &rollouts, &taken).await,
+            "spec.targetRef.name",
+            "one of the Rollout's own Deployments",
+        );
+    }
     let mut long_arg = rollout(json!([{"setWeight": 10}]));
     long_arg["spec"]["analysis"]["args"][0]["value"] = json!("x".repeat(2000));
     assert_rejected(
@@ -348,6 +358,45 @@ async fn releases_pin_digests_keep_their_spec_and_move_only_by_legal_transitions
         "status",
         "illegal phase transition",
     );
+    // A new Unstable verdict drops the override that lifted the last one.
+    assert_rejected(
+        set_status(json!({"phase": "Unstable", "override": {"reason": "false alarm: upstream outage", "by": "alice", "at": "2026-11-22T10:00:00Z"}})).await,
+        "status",
+        "loses its earlier override",
+    );
+    set_status(json!({"phase": "Unstable"}))
+        .await
+        .expect("Stable → Unstable, the override gone");
+    // The phase cannot be removed to slip past the rule, by merge patch or by apply.
+    let merge = |status: Value| {
+        let api = api.clone();
+        async move {
+            api.patch_status(
+                "checkout-1d6f3b8e2c7a",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "status": status })),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    };
+    assert_rejected(
+        merge(json!({"phase": null})).await,
+        "status.phase",
+        "never removed",
+    );
+    assert_rejected(set_status(json!({})).await, "status.phase", "never removed");
+    let whole = api
+        .patch_status(
+            "checkout-1d6f3b8e2c7a",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": null})),
+        )
+        .await
+        .map_err(|e| e.to_string());
+    assert_rejected(whole, "status.phase", "never removed");
+    let still = api.get("checkout-1d6f3b8e2c7a").await.expect("Release");
+    assert_eq!(still.data["status"]["phase"], "Unstable");
     ns.cleanup().await;
 }
 

@@ -568,6 +568,127 @@ impl Fixture {
     }
 }
 
+/// What the review found promoted unjudged: a template that does not exist, an integer argument
+/// that the renderer refuses (`1 or vector(1)`), and a query that does not parse. Each holds the
+/// canary at weight 0 with AnalysisInvalid and one Event; a working analysis then lets it on.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero() {
+    let fx = Fixture::new("ctl-held", &Scenario::default()).await;
+    let controller = fx.controller();
+    fx.initialized().await;
+    let templates = rg("AnalysisTemplate", "analysistemplates");
+    let typed = json!({"name": "error-rate", "provider": fx.provider, "interval": "2s",
+        "threshold": {"query": "vector({{args.port}})", "max": 100}});
+    fx.ns
+        .apply(
+            &templates,
+            json!({
+                "apiVersion": "rollguard.dev/v1alpha1", "kind": "AnalysisTemplate",
+                "metadata": {"name": "typed"},
+                "spec": {"args": [{"name": "port", "type": "integer"}], "metrics": [typed]},
+            }),
+        )
+        .await;
+    let unparsable = json!({"name": "error-rate", "provider": fx.provider, "interval": "2s",
+        "threshold": {"query": "sum(", "max": 1}});
+    fx.ns
+        .apply(
+            &templates,
+            json!({
+                "apiVersion": "rollguard.dev/v1alpha1", "kind": "AnalysisTemplate",
+                "metadata": {"name": "unparsable"}, "spec": {"metrics": [unparsable]},
+            }),
+        )
+        .await;
+    let rollouts = &fx.rollouts;
+    let set_analysis = |analysis: Value| async move {
+        rollouts
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"analysis": analysis}})),
+            )
+            .await
+            .expect("analysis patched");
+    };
+    let cases = [
+        (
+            json!({"templates": [{"name": "missing"}]}),
+            "\"missing\" not found",
+        ),
+        (
+            json!({"templates": [{"name": "typed"}], "args": [{"name": "port", "value": "1 or vector(1)"}]}),
+            "is not a valid integer",
+        ),
+        (
+            json!({"templates": [{"name": "unparsable"}], "args": null}),
+            "does not parse",
+        ),
+    ];
+    let mut first = true;
+    for (analysis, why) in cases {
+        set_analysis(analysis).await;
+        if first {
+            fx.set_target(GOOD_B).await;
+            first = false;
+        }
+        let held = eventually(&format!("held: {why}"), Duration::from_secs(60), || async {
+            let s = fx.status().await;
+            let c = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "AnalysisInvalid" && c.status == "True")?;
+            (c.message.contains(why) && s.phase == Some(RolloutPhase::Paused)).then_some(s)
+        })
+        .await;
+        assert_eq!(held.canary_weight, Some(0), "{why}");
+        assert!(
+            held.message.as_deref().unwrap_or("").contains(why),
+            "{:?}",
+            held.message
+        );
+        // It stays held: no weight, no promotion, however long the steps are.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let later = fx.status().await;
+        assert_eq!(
+            later.phase,
+            Some(RolloutPhase::Paused),
+            "{why}: {:?}",
+            later.message
+        );
+        assert_eq!(fx.canary_weight().await, 0, "{why}");
+        assert!(
+            later.stable.as_ref().is_some_and(|r| r.digest == GOOD_A),
+            "{why}: promoted unjudged"
+        );
+        let reasons: Vec<&str> = later.timeline.iter().map(|t| t.reason.as_str()).collect();
+        assert!(
+            !reasons.contains(&"WeightSet") && !reasons.contains(&"Promoted"),
+            "{reasons:?}"
+        );
+    }
+    assert_eq!(
+        events(&fx, "AnalysisInvalid").await.len(),
+        1,
+        "one Event for the hold, not one per reconcile"
+    );
+    // The working template: the hold lifts and the canary is judged and promoted.
+    set_analysis(json!({"templates": [{"name": "golden"}], "args": null})).await;
+    fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(120))
+        .await;
+    let s = fx.status().await;
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "AnalysisInvalid" && c.status == "False"),
+        "{:?}",
+        s.conditions
+    );
+    drop(controller);
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {

@@ -6,14 +6,20 @@ use serde::{Deserialize, Serialize};
 use super::common::Condition;
 use super::rollout::MetricEvidence;
 
-/// Legal phase moves. Unstable leaves only with an override that gives a reason.
-pub const PHASE_TRANSITION_RULE: &str = "!has(oldSelf.phase) || !has(self.phase) || self.phase == oldSelf.phase \
+/// Legal phase moves. Unstable leaves only with an override that gives a reason. A phase, once
+/// set, is never removed: removing it and setting it again would skip the rule.
+pub const PHASE_TRANSITION_RULE: &str = "!has(oldSelf.phase) || has(self.phase) && (self.phase == oldSelf.phase \
 || (oldSelf.phase == 'Candidate' && self.phase in ['Progressing', 'Unstable', 'Superseded']) \
 || (oldSelf.phase == 'Progressing' && self.phase in ['Stable', 'Unstable', 'Superseded']) \
 || (oldSelf.phase == 'Stable' && self.phase in ['Superseded', 'Unstable']) \
 || (oldSelf.phase == 'Superseded' && self.phase in ['Stable', 'Progressing']) \
 || (oldSelf.phase == 'Unstable' && self.phase in ['Stable', 'Candidate'] \
-    && has(self.override) && self.override.reason.trim().size() > 0)";
+    && has(self.override) && self.override.reason.trim().size() > 0))";
+
+/// A new Unstable verdict clears the override that lifted an earlier one: each canary of a
+/// condemned digest needs a human's decision of its own.
+pub const FRESH_VERDICT_RULE: &str = "!has(self.phase) || self.phase != 'Unstable' \
+|| (has(oldSelf.phase) && oldSelf.phase == 'Unstable') || !has(self.override)";
 
 /// An artifact that a Rollout delivered or tried to: its images by digest and the whole pod
 /// template, so that a rollback restores the configuration too, not just the image.
@@ -29,7 +35,13 @@ pub const PHASE_TRANSITION_RULE: &str = "!has(oldSelf.phase) || !has(self.phase)
     printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".spec.rollout"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The status's own rules run only while it exists; this one keeps it from being removed
+    // whole, which would drop the phase past the transition rule.
+    validation = kube::core::Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) || (has(self.status) && has(self.status.phase))"
+    ).message("a Release's phase, once set, is never removed")
+     .field_path(".status.phase")
 )]
 #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("Release.spec is immutable"))]
 #[x_kube(validation = kube::core::Rule::new(
@@ -90,6 +102,9 @@ pub enum ReleasePhase {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(PHASE_TRANSITION_RULE).message(
     "illegal phase transition; an Unstable Release moves on only with status.override.reason set"
+))]
+#[x_kube(validation = kube::core::Rule::new(FRESH_VERDICT_RULE).message(
+    "a Release that becomes Unstable loses its earlier override (remove status.override)"
 ))]
 pub struct ReleaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]

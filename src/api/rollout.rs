@@ -21,7 +21,12 @@ use super::common::{Condition, Duration};
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.shortDigest"}"#,
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canary.shortDigest"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new(
+        "!(self.spec.targetRef.name in [self.metadata.name + '-stable', \
+         self.metadata.name + '-canary', self.metadata.name + '-baseline'])"
+    ).message("targetRef.name is the name of one of the Rollout's own Deployments (<rollout>-stable, -canary or -baseline), which rollguard scales and overwrites; rename the target or the Rollout")
+     .field_path(".spec.targetRef.name")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(
@@ -467,6 +472,10 @@ pub struct RollbackStatus {
     /// The evidence that triggered the rollback.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<MetricEvidence>,
+    /// The Release had been judged Unstable before and a human lifted the verdict: this
+    /// rollback is its second, escalated at critical as an incident of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]

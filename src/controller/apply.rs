@@ -13,7 +13,8 @@ use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
 use crate::api::rollout::BaselineMode;
 use crate::rollout::machine::{Action, Arm};
 use crate::rollout::workload::{
-    ROLLOUT_LABEL, arm_deployment, arm_name, arm_service, artifact, service_ports,
+    ROLLOUT_LABEL, arm_deployment, arm_name, arm_service, artifact, controlled_by, prunable,
+    service_ports,
 };
 use crate::traffic::router::{MeshRouter, ReplicaRouter, TrafficRouter};
 use crate::traffic::{Arms, RouteKind, Weights};
@@ -126,6 +127,15 @@ impl<'a> Applier<'a> {
         for arm in arms {
             let svc = arm_service(&self.name, &self.ns, &owner(self.ro, true), arm, &ports);
             let name = arm_name(&self.name, arm);
+            let existing = services
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("Service {name}: {e}"))?;
+            self.ours(
+                "Service",
+                &name,
+                existing.as_ref().map(|s| s.owner_references()),
+            )?;
             services
                 .patch(&name, &ssa(), &Patch::Apply(svc))
                 .await
@@ -204,6 +214,10 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let mut body = json!({"status": {"phase": phase}});
+        if phase == ReleasePhase::Unstable {
+            // A new verdict: the override that lifted an earlier one no longer applies.
+            body["status"]["override"] = Value::Null;
+        }
         if let Some(v) = verdict {
             body["status"]["verdict"] = serde_json::to_value(v).map_err(|e| e.to_string())?;
         }
@@ -229,6 +243,16 @@ impl<'a> Applier<'a> {
             replicas,
         );
         let name = arm_name(&self.name, arm);
+        let existing = self
+            .deployments()
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("Deployment {name}: {e}"))?;
+        self.ours(
+            "Deployment",
+            &name,
+            existing.as_ref().map(|d| d.owner_references()),
+        )?;
         self.deployments()
             .patch(&name, &ssa(), &Patch::Apply(d))
             .await
@@ -236,7 +260,25 @@ impl<'a> Applier<'a> {
             .map_err(|e| format!("applying Deployment {name}: {e}"))
     }
 
-    /// Scales a Deployment; a missing one already has no replicas.
+    /// An existing object with an arm's name must be this Rollout's.
+    fn ours(
+        &self,
+        kind: &str,
+        name: &str,
+        refs: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]>,
+    ) -> Result<(), String> {
+        match refs {
+            Some(refs) if !controlled_by(refs, &self.ro.uid().unwrap_or_default()) => Err(format!(
+                "{kind} {name} exists and is not controlled by Rollout {}; rollguard leaves it \
+                 alone: rename it, or the Rollout",
+                self.name
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Scales a Deployment; a missing one already has no replicas. An arm must be this
+    /// Rollout's; the target must not be.
     async fn scale(&self, name: &str, replicas: i32) -> Result<(), String> {
         let api = self.deployments();
         let Some(d) = api
@@ -250,6 +292,16 @@ impl<'a> Applier<'a> {
                 Err(format!("Deployment {name} does not exist"))
             };
         };
+        let uid = self.ro.uid().unwrap_or_default();
+        if name == self.ro.spec.target_ref.name {
+            if controlled_by(d.owner_references(), &uid) {
+                return Err(format!(
+                    "target Deployment {name} is one of the Rollout's own; it is not scaled"
+                ));
+            }
+        } else {
+            self.ours("Deployment", name, Some(d.owner_references()))?;
+        }
         if d.spec.as_ref().and_then(|s| s.replicas) == Some(replicas) {
             return Ok(());
         }
@@ -318,8 +370,8 @@ impl<'a> Applier<'a> {
         result.map(drop).map_err(|e| e.to_string())
     }
 
-    /// Keeps the newest `historyLimit` Releases and those the status points at; never deletes
-    /// an Unstable Release whose digest the target still declares.
+    /// Deletes what [`prunable`] says: past `historyLimit`, never one the status points at,
+    /// never an Unstable one.
     async fn prune(&self) -> Result<(), String> {
         let api = self.releases();
         let mut list = api
@@ -334,23 +386,13 @@ impl<'a> Applier<'a> {
             .flatten()
             .map(|r| r.release)
             .collect();
-        let declared = self
-            .target()
-            .await
-            .ok()
-            .and_then(|t| serde_json::to_value(t.spec.map(|s| s.template)).ok())
-            .and_then(|t| artifact(&t, false).ok())
-            .map(|a| a.digest);
+        let newest_first: Vec<(String, Option<ReleasePhase>)> = list
+            .iter()
+            .map(|r| (r.name_any(), r.status.as_ref().and_then(|s| s.phase)))
+            .collect();
         let keep = self.ro.spec.history_limit.max(1) as usize;
-        for (i, r) in list.iter().enumerate() {
-            let name = r.name_any();
-            let view = super::release_view(r);
-            let guarded = view.phase == Some(ReleasePhase::Unstable)
-                && declared.as_deref() == Some(view.digest.as_str());
-            if i < keep || pinned.contains(&name) || guarded {
-                continue;
-            }
-            api.delete(&name, &DeleteParams::default())
+        for name in prunable(&newest_first, &pinned, keep) {
+            api.delete(name, &DeleteParams::default())
                 .await
                 .map(drop)
                 .or_else(|e| match e {

@@ -428,6 +428,7 @@ mod tests {
             attempts: 0,
             last_error: None,
             evidence: Vec::new(),
+            repeated: false,
         }
     }
 

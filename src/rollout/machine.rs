@@ -467,6 +467,13 @@ impl Planner<'_> {
     }
 
     fn run(&mut self) {
+        // Nothing is applied or scaled while the target has an arm's name: the arm's apply
+        // would overwrite the user's Deployment, and scaling the target down would empty it.
+        if self.target_name_taken().is_some() {
+            self.target_artifact();
+            self.requeue = 60;
+            return;
+        }
         let s = self.stable_replicas();
         self.status.replicas = Some(s);
         if let (Some(t), Some(stable)) = (&self.obs.target, &self.obs.stable)
@@ -551,17 +558,33 @@ impl Planner<'_> {
         enqueue(&mut self.status, self.spec, entry, now);
     }
 
+    /// The arm whose name the target has: that Deployment is rollguard's to scale and
+    /// overwrite, so a target by that name would be scaled to zero while it serves.
+    fn target_name_taken(&self) -> Option<Arm> {
+        [Arm::Stable, Arm::Canary, Arm::Baseline]
+            .into_iter()
+            .find(|arm| super::workload::arm_name(self.name, *arm) == self.spec.target_ref.name)
+    }
+
     /// The target's artifact, or None with the reason recorded as a condition.
     fn target_artifact(&mut self) -> Option<Artifact> {
-        let (result, reason) = match &self.obs.target {
-            None => (
+        let taken = self.target_name_taken().map(|arm| {
+            format!(
+                "target Deployment {:?} has the name of the Rollout's {arm} Deployment, which \
+                 rollguard scales and overwrites; rename the target or the Rollout",
+                self.spec.target_ref.name
+            )
+        });
+        let (result, reason) = match (&self.obs.target, taken) {
+            (_, Some(why)) => (Err(why), "TargetNameTaken"),
+            (None, None) => (
                 Err(format!(
                     "target Deployment {:?} not found in the Rollout's namespace",
                     self.spec.target_ref.name
                 )),
                 "TargetMissing",
             ),
-            Some(t) => (t.artifact.clone(), "DigestRequired"),
+            (Some(t), None) => (t.artifact.clone(), "DigestRequired"),
         };
         let now = self.now();
         match result {
@@ -1520,6 +1543,9 @@ impl Planner<'_> {
             attempts: 0,
             last_error: None,
             evidence,
+            repeated: self
+                .release(&bad.release)
+                .is_some_and(|r| r.verdict.is_some()),
         });
         self.status.paused_by = None;
         self.note(
@@ -1634,10 +1660,18 @@ impl Planner<'_> {
                 let title = rollback_title(&self.obs.namespace, self.name, &rb);
                 let entry = incident(
                     &rb,
-                    self.key(&rb.release),
+                    if rb.repeated {
+                        format!("{}:again", self.key(&rb.release))
+                    } else {
+                        self.key(&rb.release)
+                    },
                     IncidentKind::Rollback,
                     OutboxAction::Trigger,
-                    self.severity(),
+                    if rb.repeated {
+                        Severity::Critical
+                    } else {
+                        self.severity()
+                    },
                     title,
                     Some(stable.digest.clone()),
                     now,
@@ -1829,10 +1863,10 @@ fn incident(
 /// The title of a rollback's incident: what, where, and the symptom that caused it.
 pub fn rollback_title(namespace: &str, name: &str, rb: &RollbackStatus) -> String {
     let who = qualified(namespace, name);
-    let when = if rb.reason.contains("after promotion") {
-        "rolled back after promotion"
-    } else {
-        "canary rolled back"
+    let when = match (rb.reason.contains("after promotion"), rb.repeated) {
+        (true, _) => "rolled back after promotion",
+        (false, false) => "canary rolled back",
+        (false, true) => "canary rolled back again, after its Unstable verdict was overridden",
     };
     let symptom = rb.metric.as_ref().and_then(|m| {
         rb.evidence
@@ -2410,6 +2444,33 @@ mod tests {
     }
 
     #[test]
+    fn a_target_named_like_an_arm_is_never_scaled_and_says_why() {
+        let mut sp = spec();
+        sp.target_ref.name = "c-stable".into();
+        let mut o = observed(NEW, 1000);
+        o.target.as_mut().expect("target").replicas = 1;
+        let plan = decide("c", &sp, &stable_status(), &o);
+        assert!(
+            !plan.actions.contains(&Action::ScaleTarget),
+            "{:?}",
+            plan.actions
+        );
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        let ready = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.reason, "TargetNameTaken");
+        assert!(
+            ready.message.contains("stable Deployment"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
     fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero_until_it_can() {
         // Each of what the review found: a missing template, a refused argument, a bad query.
         for why in [
@@ -2768,6 +2829,41 @@ mod tests {
         }
         let twice = decide("c", &spec(), &replay, &o).status;
         assert_eq!(twice.outbox.len(), 1);
+    }
+
+    #[test]
+    fn a_second_rollback_of_an_overridden_release_is_its_own_critical_incident() {
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        // The first time: an incident at the Rollout's severity.
+        let mut first = decide("c", &spec(), &s, &o).status;
+        assert!(!first.rollback.as_ref().expect("saga").repeated);
+        if let Some(rb) = first.rollback.as_mut() {
+            rb.step = RollbackStep::Escalate;
+        }
+        let once = decide("c", &spec(), &first, &o).status;
+        assert_eq!(once.outbox[0].severity, Severity::Error);
+        // A human overrode the verdict and the same digest failed again.
+        let new = release_name("c", NEW);
+        if let Some(r) = o.releases.iter_mut().find(|r| r.name == new) {
+            r.verdict = Some("canary 10% vs 0.5%".into());
+        }
+        let mut again = decide("c", &spec(), &s, &o).status;
+        assert!(again.rollback.as_ref().expect("saga").repeated);
+        if let Some(rb) = again.rollback.as_mut() {
+            rb.step = RollbackStep::Escalate;
+        }
+        again.outbox = once.outbox.clone();
+        let twice = decide("c", &spec(), &again, &o).status;
+        assert_eq!(twice.outbox.len(), 2, "not deduplicated into the first");
+        let second = &twice.outbox[1];
+        assert_eq!(second.severity, Severity::Critical);
+        assert!(second.dedup_key.ends_with(":again"), "{}", second.dedup_key);
+        assert!(
+            second.title.contains("rolled back again"),
+            "{}",
+            second.title
+        );
     }
 
     #[test]

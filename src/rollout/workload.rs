@@ -55,9 +55,57 @@ pub fn artifact(template: &Value, require_digest: bool) -> Result<Artifact, Stri
         }
         images.push((name, image));
     }
+    // Init containers run the release too: a tag there would make it mutable all the same.
+    if require_digest {
+        for c in template["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = c["name"].as_str().unwrap_or_default();
+            let image = c["image"].as_str().unwrap_or_default();
+            if image_digest(image).is_none() {
+                return Err(format!(
+                    "init container {name:?} image {image:?} is not pinned by digest \
+                     (image@sha256:<64 hex>); pin it, or set requireDigest: false on the Rollout"
+                ));
+            }
+        }
+    }
     let primary = &images[0].1;
     let digest = image_digest(primary).map_or_else(|| primary.clone(), str::to_owned);
     Ok(Artifact { digest, images })
+}
+
+/// Whether an object's owner references name the Rollout with `uid` as its controller. An
+/// object with an arm's name that the Rollout does not control is someone else's: rollguard
+/// neither scales nor overwrites it.
+pub fn controlled_by(
+    refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+    uid: &str,
+) -> bool {
+    !uid.is_empty()
+        && refs
+            .iter()
+            .any(|r| r.uid == uid && r.kind == "Rollout" && r.controller == Some(true))
+}
+
+/// The Releases to delete, given newest first with their phases: those past the newest `keep`,
+/// except the ones the Rollout's status points at and every Unstable one. An Unstable verdict
+/// is what keeps its digest from being canaried again, so it lives as long as the Rollout.
+pub fn prunable<'a>(
+    newest_first: &'a [(String, Option<crate::api::release::ReleasePhase>)],
+    pinned: &[String],
+    keep: usize,
+) -> Vec<&'a str> {
+    newest_first
+        .iter()
+        .skip(keep)
+        .filter(|(name, phase)| {
+            *phase != Some(crate::api::release::ReleasePhase::Unstable) && !pinned.contains(name)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// The first 12 hex digits of a digest, or a short form of a tag reference.
@@ -292,6 +340,64 @@ pub fn replica_weight(canary: i32, stable: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::release::ReleasePhase;
+
+    #[test]
+    fn unstable_releases_and_those_in_use_are_never_pruned() {
+        let r = |n: &str, p: ReleasePhase| (n.to_owned(), Some(p));
+        let newest_first = vec![
+            r("w-6", ReleasePhase::Stable),
+            r("w-5", ReleasePhase::Superseded),
+            r("w-4", ReleasePhase::Unstable),
+            r("w-3", ReleasePhase::Superseded),
+            r("w-2", ReleasePhase::Superseded),
+            (String::from("w-1"), None),
+        ];
+        // historyLimit 1, the review's case: the Unstable one stays however old it is.
+        assert_eq!(
+            prunable(&newest_first, &["w-2".into()], 1),
+            ["w-5", "w-3", "w-1"]
+        );
+        assert!(prunable(&newest_first, &[], 10).is_empty());
+    }
+
+    #[test]
+    fn only_the_rollouts_controller_reference_makes_an_object_its_own() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let reference = |uid: &str, controller| OwnerReference {
+            api_version: "rollguard.dev/v1alpha1".into(),
+            kind: "Rollout".into(),
+            name: "web".into(),
+            uid: uid.into(),
+            controller: Some(controller),
+            block_owner_deletion: None,
+        };
+        assert!(controlled_by(&[reference("u1", true)], "u1"));
+        assert!(
+            !controlled_by(&[reference("u2", true)], "u1"),
+            "another Rollout's"
+        );
+        assert!(
+            !controlled_by(&[reference("u1", false)], "u1"),
+            "owner, not controller"
+        );
+        assert!(!controlled_by(&[], "u1"), "the user's own Deployment");
+        assert!(
+            !controlled_by(&[reference("", true)], ""),
+            "no uid proves nothing"
+        );
+    }
+
+    #[test]
+    fn init_containers_must_be_pinned_too() {
+        let template = serde_json::json!({"spec": {
+            "initContainers": [{"name": "migrate", "image": "registry.example/migrate:latest"}],
+            "containers": [{"name": "web", "image": format!("registry.example/web@{D}")}],
+        }});
+        let err = artifact(&template, true).expect_err("tagged init container");
+        assert!(err.contains("init container \"migrate\""), "{err}");
+        assert!(artifact(&template, false).is_ok());
+    }
 
     const D: &str = "sha256:761970999a5b4170d94169c4a8ad16a32d1c50f3ea33d859aeb05bc2d0188041";
 
