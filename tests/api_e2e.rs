@@ -147,7 +147,7 @@ async fn crds_install_and_valid_objects_are_accepted() {
     let receiver = json!({
         "apiVersion": "rollguard.dev/v1alpha1", "kind": "Receiver",
         "metadata": {"name": receiver_name},
-        "spec": {"pagerDuty": {"routingKey": {"name": "rollguard-pagerduty", "key": "routing-key"}}}
+        "spec": {"allowedNamespaces": ["*"], "pagerDuty": {"routingKey": {"name": "rollguard-pagerduty", "key": "routing-key"}}}
     });
     apply(c, None, &resource("Receiver", "receivers"), &receiver)
         .await
@@ -469,6 +469,7 @@ async fn receivers_take_exactly_one_endpoint() {
         "apiVersion": "rollguard.dev/v1alpha1", "kind": "Receiver",
         "metadata": {"name": unique("e2e-both")},
         "spec": {
+            "allowedNamespaces": ["*"],
             "alertmanager": {"url": "http://alertmanager:9093"},
             "slack": {"webhookURL": {"name": "slack", "key": "url"}}
         }

@@ -1233,7 +1233,11 @@ async fn controller_secret(client: &Client, name: &str, data: Value) {
         .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
 }
 
-async fn receiver(client: &Client, name: &str, spec: Value) {
+/// A Receiver open to every namespace unless `spec` names its own allowlist.
+async fn receiver(client: &Client, name: &str, mut spec: Value) {
+    if spec.get("allowedNamespaces").is_none() {
+        spec["allowedNamespaces"] = json!(["*"]);
+    }
     apply_cluster(
         client,
         &rg("Receiver", "receivers"),
@@ -1329,7 +1333,9 @@ async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
         json!({"slack": {"webhookURL": {"name": name("missing"), "key": "url"}}}),
     )
     .await;
-    let all: Vec<String> = ["am", "pd", "pd-bad", "slack", "hook", "missing"]
+    // An admin's pager that admits one other namespace: this tenant's incident never reaches it.
+    receiver(&client, &name("admin"), json!({"allowedNamespaces": ["kube-system"], "webhook": {"url": format!("{}/admin", recorder.url), "signingKeys": [{"name": name("hook"), "key": "current"}]}})).await;
+    let all: Vec<String> = ["am", "pd", "pd-bad", "slack", "hook", "missing", "admin"]
         .iter()
         .map(|s| name(s))
         .collect();
@@ -1422,6 +1428,19 @@ async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
         "{}",
         s.message
     );
+    assert!(
+        s.message.contains(&format!(
+            "Receiver {}: spec.allowedNamespaces does not include namespace {}",
+            name("admin"),
+            fx.ns.name
+        )),
+        "{}",
+        s.message
+    );
+    assert!(
+        recorder.requests("/admin").is_empty(),
+        "a Receiver that does not admit the namespace got its incident"
+    );
     assert_eq!(
         recorder.requests("/pd-bad/v2/enqueue").len(),
         1,
@@ -1456,7 +1475,8 @@ async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
         "{text}"
     );
 
-    // The webhook: signed over timestamp.body; a tampered body or a stale timestamp fails.
+    // The webhook: signed over timestamp.delivery.body; a tampered body, a replay under another
+    // delivery id or a stale timestamp fails.
     let hook = eventually("the webhook delivery", Duration::from_secs(30), || async {
         recorder.requests("/hook").into_iter().next()
     })
@@ -1468,19 +1488,27 @@ async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
             .unwrap_or_default()
     };
     let (ts, sig) = (header("X-Rollguard-Timestamp"), header("X-Signature"));
-    assert!(!header("X-Rollguard-Delivery").is_empty());
+    let id = header("X-Rollguard-Delivery");
+    assert!(!id.is_empty());
     let now: i64 = ts.parse().expect("timestamp");
     let keys: [&[u8]; 2] = [b"k-2025", b"k-2026"];
     use rollguard::escalation::wire::{VerifyError, verify};
-    assert_eq!(verify(&keys, &ts, &hook.raw, &sig, now + 2, 300), Ok(()));
+    assert_eq!(
+        verify(&keys, &ts, &id, &hook.raw, &sig, now + 2, 300),
+        Ok(())
+    );
     let mut tampered = hook.raw.clone();
     tampered[20] ^= 0x20;
     assert_eq!(
-        verify(&keys, &ts, &tampered, &sig, now + 2, 300),
+        verify(&keys, &ts, &id, &tampered, &sig, now + 2, 300),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(
+        verify(&keys, &ts, "replayed", &hook.raw, &sig, now + 2, 300),
         Err(VerifyError::Mismatch)
     );
     assert!(matches!(
-        verify(&keys, &ts, &hook.raw, &sig, now + 3600, 300),
+        verify(&keys, &ts, &id, &hook.raw, &sig, now + 3600, 300),
         Err(VerifyError::Stale(_))
     ));
     assert_eq!(hook.body["incident"]["dedupKey"], key.as_str());

@@ -15,9 +15,7 @@ pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 /// Whether templates in `namespace` may use the provider.
 pub fn allows(spec: &MetricProviderSpec, namespace: &str) -> bool {
-    spec.allowed_namespaces
-        .iter()
-        .any(|n| n == "*" || n == namespace)
+    crate::api::endpoints::namespace_allowed(&spec.allowed_namespaces, namespace)
 }
 
 /// The names of the Secrets a provider's credentials come from.

@@ -10,6 +10,11 @@ use super::common::{Duration, SecretKeyRef};
 const HTTP_URL: &str = r"^https?://[^\s/$.?#][^\s]*$";
 
 /// A Prometheus-compatible endpoint that analysis templates may query.
+/// Whether an allowlist of namespaces (`*` for all) admits `namespace`.
+pub fn namespace_allowed(allowed: &[String], namespace: &str) -> bool {
+    allowed.iter().any(|n| n == "*" || n == namespace)
+}
+
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "rollguard.dev",
@@ -77,6 +82,10 @@ pub struct BasicAuth {
 ).message("set exactly one of alertmanager, pagerDuty, slack or webhook"))]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiverSpec {
+    /// Namespaces whose Rollouts may escalate here; `*` allows all. A Rollout elsewhere that
+    /// names this Receiver gets a refusal, and the Receiver never sees its incident text.
+    #[schemars(length(min = 1))]
+    pub allowed_namespaces: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alertmanager: Option<AlertmanagerReceiver>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

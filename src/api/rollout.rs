@@ -252,8 +252,10 @@ pub struct Escalation {
     /// Severity of an automatic rollback; rollbacks that fail to recover are always critical.
     #[serde(default)]
     pub severity: Severity,
-    /// Link to the service's runbook, shown to the incident commander.
+    /// Link to the service's runbook, shown to the incident commander: an https URL with no
+    /// spaces, `|`, `<` or `>` (which would let it forge a chat link's text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https://[^\s|<>]+$"), length(max = 2048))]
     pub runbook: Option<String>,
 }
 

@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use super::{Context, Error, publish_as, record};
 use crate::analysis::provider::read_secrets;
 use crate::api::Rollout;
-use crate::api::endpoints::Receiver as ReceiverObject;
+use crate::api::endpoints::{Receiver as ReceiverObject, namespace_allowed};
 use crate::api::release::Release;
 use crate::escalation::incident::{Sources, build as incident};
 use crate::escalation::outbox::{
@@ -24,23 +24,37 @@ use crate::escalation::send::post;
 use crate::rollout::machine::set_condition;
 use crate::rollout::workload::ROLLOUT_LABEL;
 
-/// Loads a Receiver object and builds it, or says why it cannot be used.
-async fn receiver(ctx: &Context, name: &str) -> Result<Box<dyn Receiver>, String> {
+/// Loads a Receiver object and builds it for a Rollout in `namespace`, or gives the outcome
+/// every delivery to it has: retried while it may be fixed (a missing Secret), refused when the
+/// Receiver does not admit the namespace.
+async fn receiver(
+    ctx: &Context,
+    name: &str,
+    namespace: &str,
+) -> Result<Box<dyn Receiver>, Outcome> {
     let object = Api::<ReceiverObject>::all(ctx.client.clone())
         .get_opt(name)
         .await
-        .map_err(|e| format!("Receiver {name}: reading it: {e}"))?
+        .map_err(|e| Outcome::Retry(format!("Receiver {name}: reading it: {e}")))?
         .ok_or_else(|| {
-            format!("Receiver {name} does not exist (spec.escalation.receivers names it)")
+            Outcome::Retry(format!(
+                "Receiver {name} does not exist (spec.escalation.receivers names it)"
+            ))
         })?;
+    if !namespace_allowed(&object.spec.allowed_namespaces, namespace) {
+        return Err(Outcome::Refused(format!(
+            "Receiver {name}: spec.allowedNamespaces does not include namespace {namespace}; \
+             its owner must add it"
+        )));
+    }
     let data = read_secrets(
         &ctx.client,
         &ctx.settings.namespace,
         referenced_secrets(&object.spec),
     )
     .await
-    .map_err(|e| format!("Receiver {name}: {e}"))?;
-    build(name, &object.spec, &data, &ctx.settings.namespace)
+    .map_err(|e| Outcome::Retry(format!("Receiver {name}: {e}")))?;
+    build(name, &object.spec, &data, &ctx.settings.namespace).map_err(Outcome::Retry)
 }
 
 /// Sends what is due for `ro` and records the outcomes. Returns the seconds until the next
@@ -65,9 +79,10 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
         }
         return Ok(None);
     }
-    let mut receivers: BTreeMap<String, Result<Box<dyn Receiver>, String>> = BTreeMap::new();
+    let namespace = ro.namespace().unwrap_or_default();
+    let mut receivers: BTreeMap<String, Result<Box<dyn Receiver>, Outcome>> = BTreeMap::new();
     for name in &names {
-        receivers.insert(name.clone(), receiver(ctx, name).await);
+        receivers.insert(name.clone(), receiver(ctx, name, &namespace).await);
     }
     let resend: BTreeMap<String, i64> = receivers
         .iter()
@@ -106,7 +121,7 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
                         Some(req) => post(&ctx.http, r.as_ref(), req).await,
                         None => Outcome::Skipped,
                     },
-                    Some(Err(why)) => Outcome::Retry(why.clone()),
+                    Some(Err(outcome)) => outcome.clone(),
                     None => Outcome::Retry(format!("Receiver {} was not loaded", d.receiver)),
                 }
             }

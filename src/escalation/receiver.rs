@@ -187,7 +187,7 @@ impl Receiver for Webhook {
         let key = self.keys.first()?;
         req.headers.push((
             wire::SIGNATURE_HEADER.into(),
-            wire::sign(key, &ts, &req.body),
+            wire::sign(key, &ts, delivery, &req.body),
         ));
         req.headers.push((wire::TIMESTAMP_HEADER.into(), ts));
         req.headers
@@ -314,7 +314,8 @@ mod tests {
     use crate::api::rollout::OutboxAction;
     use crate::escalation::incident::tests::sample;
 
-    fn spec(v: serde_json::Value) -> ReceiverSpec {
+    fn spec(mut v: serde_json::Value) -> ReceiverSpec {
+        v["allowedNamespaces"] = serde_json::json!(["*"]);
         serde_json::from_value(v).expect("receiver spec")
     }
 
@@ -426,6 +427,7 @@ mod tests {
             wire::verify(
                 &keys,
                 "1700000000",
+                "d-1",
                 &req.body,
                 &header(wire::SIGNATURE_HEADER),
                 1_700_000_001,

@@ -169,6 +169,21 @@ fn slack_cap(text: &str) -> String {
     cap(text, 2800)
 }
 
+/// A section field is limited to 2000 characters.
+fn slack_field(text: &str) -> String {
+    cap(text, 1900)
+}
+
+/// A link in Slack's `<url|text>` markup: a `|` in either would start the text early (so that
+/// a URL could show text of its choosing), and Slack has no escape for it.
+fn slack_link(url: &str, text: &str) -> String {
+    format!(
+        "<{}|{}>",
+        slack_escape(url).replace('|', "%7C"),
+        slack_escape(text).replace('|', "¦")
+    )
+}
+
 /// A Slack incoming-webhook message: blocks, and `text` as the notification fallback. Every
 /// string from the cluster is escaped; only our own link markup is left unescaped.
 pub fn slack(incident: &Incident) -> Value {
@@ -180,16 +195,16 @@ pub fn slack(incident: &Incident) -> Value {
         (_, _) if incident.severity == Severity::Critical => ":rotating_light: Critical",
         _ => ":warning: Rolled back",
     };
-    let fallback = format!("{prefix}: {}", esc(&incident.title));
+    let fallback = slack_cap(&format!("{prefix}: {}", esc(&incident.title)));
     let mut blocks = vec![
         json!({"type": "section", "text": {"type": "mrkdwn", "text": slack_cap(&format!("*{prefix}:* {}", esc(&incident.title)))}}),
         json!({"type": "section", "fields": [
-            {"type": "mrkdwn", "text": format!(
+            {"type": "mrkdwn", "text": slack_field(&format!(
                 "*Change*\n{}{}",
                 esc(&incident.change_line()),
                 incident.change.change_cause.as_ref().map(|c| format!("\n{}", esc(c))).unwrap_or_default()
-            )},
-            {"type": "mrkdwn", "text": format!("*State*\n{}", esc(&incident.state))},
+            ))},
+            {"type": "mrkdwn", "text": slack_field(&format!("*State*\n{}", esc(&incident.state)))},
         ]}),
     ];
     if incident.action == OutboxAction::Trigger && !incident.evidence.is_empty() {
@@ -202,15 +217,15 @@ pub fn slack(incident: &Incident) -> Value {
     }
     let mut links = Vec::new();
     if let Some(r) = &incident.links.runbook {
-        links.push(format!("<{}|Runbook>", esc(r)));
+        links.push(slack_link(r, "Runbook"));
     }
     for (name, url) in &incident.links.graphs {
-        links.push(format!("<{}|{}>", esc(url), esc(name)));
+        links.push(slack_link(url, name));
     }
     links.push(format!("`{}`", esc(&incident.links.rollout)));
     blocks.push(json!({"type": "context", "elements": [
         {"type": "mrkdwn", "text": slack_cap(&links.join(" · "))},
-        {"type": "mrkdwn", "text": format!("incident `{}`", esc(&incident.dedup_key))},
+        {"type": "mrkdwn", "text": slack_cap(&format!("incident `{}`", esc(&incident.dedup_key)))},
     ]}));
     json!({"text": fallback, "blocks": blocks})
 }
@@ -229,13 +244,21 @@ pub const SIGNATURE_HEADER: &str = "X-Signature";
 pub const TIMESTAMP_HEADER: &str = "X-Rollguard-Timestamp";
 pub const DELIVERY_HEADER: &str = "X-Rollguard-Delivery";
 
-/// `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
-pub fn sign(key: &[u8], timestamp: &str, body: &[u8]) -> String {
+/// The MAC over `<timestamp>.<delivery>.<body>`: the delivery id is signed, so a receiver
+/// that drops ids it has seen cannot be fooled by a replay with a fresh id.
+fn mac(key: &[u8], timestamp: &str, delivery: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
+    mac.update(delivery.as_bytes());
+    mac.update(b".");
     mac.update(body);
-    let bytes = mac.finalize().into_bytes();
+    mac
+}
+
+/// `sha256=<hex HMAC-SHA256 of "<timestamp>.<delivery>.<body>">`.
+pub fn sign(key: &[u8], timestamp: &str, delivery: &str, body: &[u8]) -> String {
+    let bytes = mac(key, timestamp, delivery, body).finalize().into_bytes();
     let mut out = String::from("sha256=");
     for b in bytes {
         out.push_str(&format!("{b:02x}"));
@@ -256,36 +279,40 @@ pub enum VerifyError {
 }
 
 /// What a receiver does with a delivery: the timestamp must be within `tolerance` seconds of
-/// `now`, and the signature must verify with one of `keys` (two during a rotation). The
-/// comparison is constant-time.
+/// `now`, and the signature over timestamp, delivery id and body must verify with one of `keys`
+/// (two during a rotation). The comparison is constant-time, on bytes. Any input, however
+/// malformed, is an error, never a panic.
 pub fn verify(
     keys: &[&[u8]],
     timestamp: &str,
+    delivery: &str,
     body: &[u8],
     signature: &str,
     now: i64,
     tolerance: i64,
 ) -> Result<(), VerifyError> {
     let ts: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
-    if (now - ts).abs() > tolerance {
-        return Err(VerifyError::Stale(now - ts));
+    let skew = now.checked_sub(ts).ok_or(VerifyError::BadTimestamp)?;
+    if skew.checked_abs().is_none_or(|s| s > tolerance) {
+        return Err(VerifyError::Stale(skew));
     }
     let hex = signature
         .strip_prefix("sha256=")
-        .ok_or(VerifyError::Malformed)?;
-    if hex.len() != 64 {
+        .ok_or(VerifyError::Malformed)?
+        .as_bytes();
+    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
         return Err(VerifyError::Malformed);
     }
-    let sig: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| VerifyError::Malformed)?;
+    let nibble = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+    let sig: Vec<u8> = hex
+        .chunks(2)
+        .map(|pair| (nibble(pair[0]) << 4) | nibble(pair[1]))
+        .collect();
     for key in keys {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        if mac.verify_slice(&sig).is_ok() {
+        if mac(key, timestamp, delivery, body)
+            .verify_slice(&sig)
+            .is_ok()
+        {
             return Ok(());
         }
     }
@@ -421,55 +448,106 @@ mod tests {
     }
 
     #[test]
-    fn slack_sections_stay_under_the_limit() {
+    fn slack_payloads_stay_within_the_apis_limits() {
+        // Every string from the cluster at its longest, escaping included (`&` becomes `&amp;`).
         let mut i = sample(OutboxAction::Trigger);
-        i.title = "y".repeat(5000);
+        i.title = "y&".repeat(3000);
+        i.change.change_cause = Some("<".repeat(2618));
+        i.state = "s".repeat(3000);
+        i.dedup_key = "k".repeat(3000);
+        i.links.runbook = Some(format!("https://r.example/{}", "a".repeat(4000)));
         let body = slack(&i);
+        let chars = |v: &Value| v.as_str().map_or(0, |t| t.chars().count());
+        assert!(chars(&body["text"]) <= 3000, "fallback text");
         for b in body["blocks"].as_array().into_iter().flatten() {
-            if let Some(t) = b["text"]["text"].as_str() {
-                assert!(t.chars().count() <= 3000);
+            assert!(chars(&b["text"]["text"]) <= 3000, "section text");
+            for f in b["fields"].as_array().into_iter().flatten() {
+                assert!(chars(&f["text"]) <= 2000, "field: {}", chars(&f["text"]));
+            }
+            for e in b["elements"].as_array().into_iter().flatten() {
+                assert!(chars(&e["text"]) <= 3000, "context element");
             }
         }
     }
 
     #[test]
+    fn a_link_cannot_forge_its_text() {
+        let mut i = sample(OutboxAction::Trigger);
+        i.links.runbook = Some("https://evil.example/x|Approve rollback now".into());
+        let text = slack(&i).to_string();
+        assert!(!text.contains("|Approve"), "{text}");
+        assert!(text.contains("<https://evil.example/x%7CApprove rollback now|Runbook>"));
+    }
+
+    #[test]
     fn signatures_verify_and_fail_on_tamper_staleness_and_unknown_keys() {
         let body = serde_json::to_vec(&webhook(&sample(OutboxAction::Trigger))).expect("json");
-        let sig = sign(b"new-key", "1700000000", &body);
+        let sig = sign(b"new-key", "1700000000", "d-1", &body);
         assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64);
         let keys: [&[u8]; 2] = [b"old-key", b"new-key"];
+        let check = |ts: &str, id: &str, body: &[u8], sig: &str, now: i64| {
+            verify(&keys, ts, id, body, sig, now, 300)
+        };
         assert_eq!(
-            verify(&keys, "1700000000", &body, &sig, 1_700_000_100, 300),
+            check("1700000000", "d-1", &body, &sig, 1_700_000_100),
             Ok(())
         );
         let mut tampered = body.clone();
         tampered[10] ^= 1;
         assert_eq!(
-            verify(&keys, "1700000000", &tampered, &sig, 1_700_000_100, 300),
+            check("1700000000", "d-1", &tampered, &sig, 1_700_000_100),
             Err(VerifyError::Mismatch)
         );
         assert_eq!(
-            verify(&keys, "1700000000", &body, &sig, 1_700_001_000, 300),
+            check("1700000000", "d-1", &body, &sig, 1_700_001_000),
             Err(VerifyError::Stale(1000))
         );
-        // The timestamp is signed: moving it breaks the signature.
+        // The timestamp and the delivery id are signed: moving either breaks the signature.
         assert_eq!(
-            verify(&keys, "1700000050", &body, &sig, 1_700_000_100, 300),
+            check("1700000050", "d-1", &body, &sig, 1_700_000_100),
             Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check("1700000000", "d-2", &body, &sig, 1_700_000_100),
+            Err(VerifyError::Mismatch),
+            "a replay under a fresh delivery id"
         );
         let only_old: [&[u8]; 1] = [b"old-key"];
         assert_eq!(
-            verify(&only_old, "1700000000", &body, &sig, 1_700_000_100, 300),
+            verify(
+                &only_old,
+                "1700000000",
+                "d-1",
+                &body,
+                &sig,
+                1_700_000_100,
+                300
+            ),
             Err(VerifyError::Mismatch)
         );
         assert_eq!(
-            verify(&keys, "1700000000", &body, "md5=abc", 1_700_000_100, 300),
+            check("1700000000", "d-1", &body, "md5=abc", 1_700_000_100),
             Err(VerifyError::Malformed)
         );
-        // Independently computed: HMAC-SHA256("Jefe", "1700000000.what do ya want for nothing?").
+        // What panicked or overflowed before: 64 bytes that are not all ASCII, i64::MIN.
+        let wide = format!("sha256={}", "é".repeat(32));
+        assert_eq!(wide.len(), 7 + 64);
         assert_eq!(
-            sign(b"Jefe", "1700000000", b"what do ya want for nothing?"),
-            "sha256=1cdd0650c8be1cb0974b1788d458b1e781206cfef59b85faafc582d2e182c57e"
+            check("1700000000", "d-1", &body, &wide, 1_700_000_100),
+            Err(VerifyError::Malformed)
+        );
+        assert!(check(&i64::MIN.to_string(), "d-1", &body, &sig, 1_700_000_100).is_err());
+        assert!(check("1", "d-1", &body, &sig, i64::MIN).is_err());
+        // Independently computed (Python's hmac):
+        // HMAC-SHA256("Jefe", "1700000000.d-1.what do ya want for nothing?").
+        assert_eq!(
+            sign(
+                b"Jefe",
+                "1700000000",
+                "d-1",
+                b"what do ya want for nothing?"
+            ),
+            "sha256=9337792f8d19f04dd7e0d7c244cce5781d7c537e2f28e1adc25cc9786f99acb2"
         );
     }
 }
