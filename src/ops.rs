@@ -26,24 +26,22 @@ pub async fn client_and_namespace(namespace: Option<String>) -> anyhow::Result<(
     Ok((Client::try_from(config)?, ns))
 }
 
-/// Who is asking, as the apiserver authenticates them.
-pub async fn whoami(client: &Client) -> String {
-    let review: SelfSubjectReview = match serde_json::from_value(json!({
+/// Who is asking, as the apiserver authenticates them (a SelfSubjectReview). The name goes into
+/// the audit trail, and the chart's admission policy admits no other, so there is no local
+/// fallback such as `$USER`.
+pub async fn whoami(client: &Client) -> anyhow::Result<String> {
+    let review: SelfSubjectReview = serde_json::from_value(json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}
-    })) {
-        Ok(r) => r,
-        Err(_) => return fallback_user(),
-    };
+    }))
+    .context("building a SelfSubjectReview")?;
     Api::<SelfSubjectReview>::all(client.clone())
         .create(&PostParams::default(), &review)
         .await
-        .ok()
-        .and_then(|r| r.status?.user_info?.username)
-        .unwrap_or_else(fallback_user)
-}
-
-fn fallback_user() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        .context("asking the apiserver who you are (SelfSubjectReview)")?
+        .status
+        .and_then(|s| s.user_info?.username)
+        .filter(|u| !u.is_empty())
+        .context("the apiserver's SelfSubjectReview named no user")
 }
 
 /// Sends a manual request to the controller.
@@ -64,7 +62,7 @@ pub async fn request(
     let request = Request {
         id: format!("{action}-{nanos:x}"),
         action,
-        by: whoami(client).await,
+        by: whoami(client).await?,
         reason,
     };
     let text = serde_json::to_string(&request)?;
@@ -100,7 +98,7 @@ pub async fn override_release(
         "Release {release} is {:?}, not Unstable: there is nothing to override",
         status.phase.unwrap_or_default()
     );
-    let by = whoami(client).await;
+    let by = whoami(client).await?;
     let at = format_time(crate::backtest::unix_now());
     let entry = HistoryEntry {
         action: "override".into(),

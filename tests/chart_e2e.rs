@@ -474,3 +474,175 @@ async fn chart_service_account_may_do_what_the_controller_needs_and_no_more() {
     );
     ns.cleanup().await;
 }
+
+/// The chart's ValidatingAdmissionPolicy on the real apiserver: a request, an override or a
+/// history entry under someone else's name is refused; under one's own (what the CLI writes,
+/// learning the name from a SelfSubjectReview) it is admitted.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn forged_requester_names_are_refused_at_admission() {
+    use kube::api::{Patch, PatchParams};
+    use kube::{Api, Client};
+    use rollguard::api::release::Release;
+    use rollguard::api::rollout::Rollout;
+    use rollguard::rollout::RequestAction;
+
+    let ns = TestNamespace::create("e2e-names").await;
+    install_crds(&ns.client).await;
+    // The chart's policy, bound to this namespace only so that no other test meets it.
+    let objects = render("rollguard-system", &[]);
+    let suffix = ns.name.clone();
+    let mut policy = one(&objects, "ValidatingAdmissionPolicy").clone();
+    let mut binding = one(&objects, "ValidatingAdmissionPolicyBinding").clone();
+    let name = format!("rollguard-names-{suffix}");
+    policy["metadata"]["name"] = name.clone().into();
+    binding["metadata"]["name"] = name.clone().into();
+    binding["spec"]["policyName"] = name.clone().into();
+    binding["spec"]["matchResources"] = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}}});
+    let yaml = format!(
+        "{}\n---\n{}",
+        serde_json::to_string(&policy).expect("JSON"),
+        serde_json::to_string(&binding).expect("JSON")
+    );
+    run_ok(
+        "kubectl",
+        &["apply", "--server-side", "-f", "-"],
+        Some(&yaml),
+    );
+
+    ns.apply(
+        &core_resource("rollguard.dev/v1alpha1", "Rollout", "rollouts"),
+        serde_json::json!({
+            "apiVersion": "rollguard.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+            "spec": {"targetRef": {"name": "web"}, "steps": [{"setWeight": 10}], "withoutAnalysis": true},
+        }),
+    )
+    .await;
+    let digest = format!("sha256:{}", "c".repeat(64));
+    ns.apply(
+        &core_resource("rollguard.dev/v1alpha1", "Release", "releases"),
+        serde_json::json!({
+            "apiVersion": "rollguard.dev/v1alpha1", "kind": "Release", "metadata": {"name": "web-cccccccccc"},
+            "spec": {"rollout": "web", "images": [{"container": "web", "image": format!("r.example/web@{digest}")}],
+                     "podTemplate": {"spec": {"containers": [{"name": "web", "image": format!("r.example/web@{digest}")}]}}},
+        }),
+    )
+    .await;
+
+    // alice: full rights (system:masters), her own name.
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some("alice".into());
+    config.auth_info.impersonate_groups = Some(vec!["system:masters".into()]);
+    let alice = Client::try_from(config).expect("impersonating client");
+    let rollouts = Api::<Rollout>::namespaced(alice.clone(), &ns.name);
+    // Each request is new (an unchanged annotation is admitted as it stands).
+    let sent = std::sync::atomic::AtomicU32::new(0);
+    let request = |by: &str| {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        serde_json::json!({"metadata": {"annotations": {"rollguard.dev/request":
+            format!(r#"{{"id":"abort-{n}","action":"abort","by":"{by}","reason":"pager"}}"#)}}})
+    };
+    // The policy compiles asynchronously: wait until it refuses the forged name.
+    let refusal = eventually(
+        "the policy to refuse a forged request",
+        std::time::Duration::from_secs(60),
+        || async {
+            match rollouts
+                .patch(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(request("the-cto@example.com")),
+                )
+                .await
+            {
+                Err(e) => Some(e.to_string()),
+                Ok(_) => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        refusal.contains("must name its sender") && refusal.contains("alice"),
+        "{refusal}"
+    );
+    rollouts
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(request("alice")),
+        )
+        .await
+        .expect("her own name is admitted");
+    // What the CLI sends: the name from a SelfSubjectReview.
+    let sent = rollguard::ops::request(&alice, &ns.name, "web", RequestAction::Pause, None)
+        .await
+        .expect("the CLI's request is admitted");
+    assert_eq!(sent.by, "alice");
+
+    // A Release's override and history, on the status subresource.
+    let releases = Api::<Release>::namespaced(alice.clone(), &ns.name);
+    let status = |patch: serde_json::Value| {
+        let releases = releases.clone();
+        async move {
+            releases
+                .patch_status(
+                    "web-cccccccccc",
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    };
+    status(serde_json::json!({"status": {"phase": "Unstable"}}))
+        .await
+        .expect("no name in it");
+    let forged = status(serde_json::json!({"status": {"override":
+        {"reason": "fine now", "by": "the-cto@example.com", "at": "2026-12-01T10:00:00Z"}}}))
+    .await
+    .expect_err("a forged override");
+    assert!(
+        forged.contains("status.override.by must be alice"),
+        "{forged}"
+    );
+    status(serde_json::json!({"status": {"override":
+        {"reason": "fine now", "by": "alice", "at": "2026-12-01T10:00:00Z"}}}))
+    .await
+    .expect("her own override");
+    let forged = status(serde_json::json!({"status": {"history":
+        [{"action": "rollback", "by": "the-cto@example.com", "at": "2026-12-01T10:00:00Z"}]}}))
+    .await
+    .expect_err("a forged history entry");
+    assert!(
+        forged.contains("history entry must name who acted"),
+        "{forged}"
+    );
+    // rollguard override as alice goes through.
+    let unstable = Api::<Release>::namespaced(ns.client.clone(), &ns.name);
+    unstable
+        .patch_status(
+            "web-cccccccccc",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"phase": "Unstable", "override": null}})),
+        )
+        .await
+        .expect("back to Unstable, as admin");
+    let by =
+        rollguard::ops::override_release(&alice, &ns.name, "web-cccccccccc", "upstream outage")
+            .await
+            .expect("rollguard override is admitted");
+    assert_eq!(by, "alice");
+
+    let _ = run(
+        "kubectl",
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &name,
+        ],
+        None,
+    );
+    ns.cleanup().await;
+}
