@@ -65,9 +65,13 @@ pub enum Command {
     /// Continue after a pause.
     Resume(RequestArgs),
     /// Print a rollback's incident as Markdown for the post-mortem: what changed, the evidence,
-    /// the timeline and the actions taken.
+    /// the timeline and the actions taken. `rollguard incident resolve` closes it.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Incident {
-        rollout: String,
+        #[command(subcommand)]
+        action: Option<IncidentAction>,
+        #[arg(required = true)]
+        rollout: Option<String>,
         #[arg(short, long)]
         namespace: Option<String>,
         /// The Release rolled back: its name, digest or a digest prefix (7+ hex). The latest
@@ -84,6 +88,20 @@ pub enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
         /// Why the verdict no longer holds; recorded in the Release.
+        #[arg(long, required = true)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IncidentAction {
+    /// Close the open incident of the Rollout's last rollback, once its root cause is
+    /// understood. Recovery does not close it; a later promotion of the Rollout does.
+    Resolve {
+        rollout: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// What was found; recorded in the Release's history and sent with the resolution.
         #[arg(long, required = true)]
         reason: String,
     },
@@ -242,11 +260,29 @@ pub fn run() -> anyhow::Result<()> {
             crate::ops::status(&client, &ns, &rollout, watch, output == Output::Json).await
         }),
         Command::Incident {
+            action:
+                Some(IncidentAction::Resolve {
+                    rollout,
+                    namespace,
+                    reason,
+                }),
+            ..
+        } => send(
+            RequestArgs {
+                rollout,
+                namespace,
+                reason: Some(reason),
+            },
+            RequestAction::Resolve,
+        ),
+        Command::Incident {
+            action: None,
             rollout,
             namespace,
             release,
             output,
         } => runtime(false)?.block_on(async {
+            let rollout = rollout.context("name the Rollout")?;
             let (client, ns) = crate::ops::client_and_namespace(namespace).await?;
             let incident = crate::ops::incident(&client, &ns, &rollout, release.as_deref()).await?;
             match output {

@@ -551,10 +551,40 @@ impl Fixture {
         assert_eq!(incidents(OutboxAction::Trigger), 1, "exactly one incident");
         assert_eq!(
             incidents(OutboxAction::Resolve),
-            1,
-            "resolved once recovered"
+            0,
+            "recovery leaves the incident open for a human"
         );
         rolled
+    }
+
+    /// `rollguard incident resolve`, as the incident commander runs it; waits until the
+    /// controller has put the Resolve in the outbox.
+    async fn resolve_incident(&self, reason: &str) {
+        run_ok(
+            env!("CARGO_BIN_EXE_rollguard"),
+            &[
+                "incident",
+                "resolve",
+                "web",
+                "-n",
+                &self.ns.name,
+                "--reason",
+                reason,
+            ],
+            None,
+        );
+        eventually(
+            "the Resolve in the outbox",
+            Duration::from_secs(30),
+            || async {
+                let s = self.status().await;
+                s.outbox
+                    .iter()
+                    .any(|e| e.action == OutboxAction::Resolve && e.title.contains("resolved by"))
+                    .then_some(())
+            },
+        )
+        .await;
     }
 
     async fn cleanup(self) {
@@ -1548,6 +1578,15 @@ async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
     controller.kill();
     let _restarted = fx.controller();
     fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
+    // Recovered, and still open: Alertmanager's default group_wait alone is 30 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        alertmanager_alerts(&fx.ns.name).await.len(),
+        1,
+        "the alert stays active after recovery"
+    );
+    fx.resolve_incident("payment client misconfigured; fixed in 1.6.1")
+        .await;
     let pd = eventually("the PagerDuty resolve", Duration::from_secs(60), || async {
         let r = recorder.requests("/pd/v2/enqueue");
         r.iter()
@@ -1628,6 +1667,7 @@ async fn a_receiver_down_for_two_minutes_gets_the_incident_once_when_it_returns(
     fx.initialized().await;
     fx.deploy_bad(ERRORS).await;
     fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
+    fx.resolve_incident("understood").await;
     let failing = eventually("the delivery failing", Duration::from_secs(30), || async {
         fx.status()
             .await

@@ -361,6 +361,11 @@ fn timeline(rb: &RollbackStatus, status: &RolloutStatus, window: &str) -> Vec<Mo
     out
 }
 
+/// The Rollout an incident's dedup key (`rollguard/<ns>/<rollout>/<release>…`) names.
+fn status_rollout(entry: &OutboxEntry) -> &str {
+    entry.dedup_key.split('/').nth(2).unwrap_or("<rollout>")
+}
+
 fn state_line(entry: &OutboxEntry, rb: Option<&RollbackStatus>, status: &RolloutStatus) -> String {
     let stable = status
         .stable
@@ -375,14 +380,17 @@ fn state_line(entry: &OutboxEntry, rb: Option<&RollbackStatus>, status: &Rollout
             entry.release
         ),
         (IncidentKind::Blocked, OutboxAction::Resolve) => "no longer blocked".into(),
-        (_, OutboxAction::Resolve) => {
-            format!("resolved: {stable} serves all traffic and is back to its pre-rollout baseline")
+        (IncidentKind::NotRecovered | IncidentKind::RollbackIncomplete, OutboxAction::Resolve) => {
+            format!("{stable} serves all traffic and is back to its pre-rollout baseline")
         }
+        (_, OutboxAction::Resolve) => format!("resolved: {}", entry.title),
         (_, OutboxAction::Trigger) => match rb {
             None => format!("{stable} serves"),
-            Some(rb) if rb.step == RollbackStep::Done => {
-                format!("rolled back: {stable} serves all traffic and recovered")
-            }
+            Some(rb) if rb.step == RollbackStep::Done => format!(
+                "rolled back: {stable} serves all traffic and recovered; the incident stays open \
+                 until its cause is understood: `rollguard incident resolve {} --reason …`",
+                status_rollout(entry)
+            ),
             Some(rb) => {
                 let zero = rb
                     .completed

@@ -86,6 +86,8 @@ pub enum RequestAction {
     Abort,
     Pause,
     Resume,
+    /// Close the open incidents of the last rollback: the root cause is understood.
+    Resolve,
 }
 
 impl std::fmt::Display for RequestAction {
@@ -95,6 +97,7 @@ impl std::fmt::Display for RequestAction {
             RequestAction::Abort => "abort",
             RequestAction::Pause => "pause",
             RequestAction::Resume => "resume",
+            RequestAction::Resolve => "resolve",
         })
     }
 }
@@ -619,7 +622,27 @@ impl Planner<'_> {
             .or(self.status.stable.as_ref())
             .map(|r| r.release.clone());
         let in_window = self.in_verify_window();
+        let release = if req.action == RequestAction::Resolve {
+            self.status.rollback.as_ref().map(|rb| rb.release.clone())
+        } else {
+            release
+        };
         let acted = match (req.action, phase) {
+            (RequestAction::Resolve, _) => {
+                let title = format!(
+                    "{} incident resolved by {by}{}",
+                    qualified(&self.obs.namespace, self.name),
+                    reason_suffix(req)
+                );
+                let now = self.now();
+                resolve_where(
+                    &mut self.status,
+                    self.spec,
+                    is_rollback_incident,
+                    &title,
+                    now,
+                ) > 0
+            }
             (RequestAction::Pause, RolloutPhase::Progressing | RolloutPhase::Paused) => {
                 self.status.paused_by = Some(by.clone());
                 self.set_phase(RolloutPhase::Paused, format!("paused by {by}"));
@@ -1470,6 +1493,20 @@ impl Planner<'_> {
             };
             enqueue(&mut self.status, self.spec, entry, now);
         }
+        let now = self.now();
+        let title = format!(
+            "{} resolved: {} ({}) was promoted since",
+            qualified(&self.obs.namespace, self.name),
+            canary.release,
+            canary.short_digest
+        );
+        resolve_where(
+            &mut self.status,
+            self.spec,
+            is_rollback_incident,
+            &title,
+            now,
+        );
         self.note(
             false,
             "Promoted",
@@ -1715,8 +1752,22 @@ impl Planner<'_> {
                         stable.short_digest,
                         short_digest(&rb.digest)
                     );
-                    let key = self.key(&rb.release);
-                    resolve_open(&mut self.status, self.spec, &key, &title, now);
+                    // The service is back, so the alarms about it not being back close; the
+                    // rollback's own incident stays open until a human resolves it (the root
+                    // cause is theirs to find) or a later release is promoted.
+                    let prefix = format!("{}:", self.key(&rb.release));
+                    resolve_where(
+                        &mut self.status,
+                        self.spec,
+                        |e| {
+                            matches!(
+                                e.kind,
+                                IncidentKind::NotRecovered | IncidentKind::RollbackIncomplete
+                            ) && e.dedup_key.starts_with(&prefix)
+                        },
+                        &title,
+                        now,
+                    );
                     true
                 } else {
                     self.status.message = Some(format!(
@@ -1881,36 +1932,35 @@ pub fn rollback_title(namespace: &str, name: &str, rb: &RollbackStatus) -> Strin
     )
 }
 
-/// Resolves every open incident whose dedup key starts with `key`: the rollback itself, and
-/// the incomplete or not-recovered escalations that followed it.
-fn resolve_open(status: &mut RolloutStatus, spec: &RolloutSpec, key: &str, title: &str, now: i64) {
-    let prefix = format!("{key}:");
-    resolve_where(
-        status,
-        spec,
-        |e| {
-            e.kind != IncidentKind::Promoted
-                && (e.dedup_key == key || e.dedup_key.starts_with(&prefix))
-        },
-        title,
-        now,
-    );
+/// A rollback's incident, or one of the escalations that followed it.
+fn is_rollback_incident(e: &OutboxEntry) -> bool {
+    matches!(
+        e.kind,
+        IncidentKind::Rollback | IncidentKind::NotRecovered | IncidentKind::RollbackIncomplete
+    )
 }
 
-/// Enqueues a Resolve for each Trigger that `open` selects (once per dedup key).
+/// Enqueues a Resolve for each open Trigger that `select` picks; how many it resolved.
 fn resolve_where(
     status: &mut RolloutStatus,
     spec: &RolloutSpec,
-    open: impl Fn(&OutboxEntry) -> bool,
+    select: impl Fn(&OutboxEntry) -> bool,
     title: &str,
     now: i64,
-) {
+) -> usize {
+    let resolved = |key: &str| {
+        status
+            .outbox
+            .iter()
+            .any(|e| e.action == OutboxAction::Resolve && e.dedup_key == key)
+    };
     let open: Vec<OutboxEntry> = status
         .outbox
         .iter()
-        .filter(|e| e.action == OutboxAction::Trigger && open(e))
+        .filter(|e| e.action == OutboxAction::Trigger && select(e) && !resolved(&e.dedup_key))
         .cloned()
         .collect();
+    let count = open.len();
     for trigger in open {
         let entry = OutboxEntry {
             action: OutboxAction::Resolve,
@@ -1922,6 +1972,7 @@ fn resolve_where(
         };
         enqueue(status, spec, entry, now);
     }
+    count
 }
 
 /// Puts an incident in the outbox once per (dedup key, action); false when it was there.
@@ -2797,8 +2848,82 @@ mod tests {
                 .iter()
                 .filter(|e| e.action == OutboxAction::Resolve)
                 .count(),
-            1
+            0,
+            "recovery leaves the incident open for a human"
         );
+    }
+
+    #[test]
+    fn a_rollbacks_incident_closes_by_a_human_or_a_later_promotion_not_by_recovery() {
+        let open = |s: &RolloutStatus| {
+            s.outbox
+                .iter()
+                .filter(|e| e.action == OutboxAction::Trigger && e.kind == IncidentKind::Rollback)
+                .filter(|t| {
+                    !s.outbox
+                        .iter()
+                        .any(|r| r.action == OutboxAction::Resolve && r.dedup_key == t.dedup_key)
+                })
+                .count()
+        };
+        let (s, mut o) = progressing();
+        o.analysis = Some(fail(true));
+        let mut status = decide("c", &spec(), &s, &o).status;
+        if let Some(rb) = status.rollback.as_mut() {
+            rb.step = RollbackStep::Escalate;
+        }
+        o.analysis = None;
+        status = decide("c", &spec(), &status, &o).status;
+        assert_eq!(open(&status), 1);
+        // A human resolves it, with a reason: one Resolve, recorded in the Release's history.
+        o.request = Some(Ok(Request {
+            id: "resolve-1".into(),
+            action: RequestAction::Resolve,
+            by: "alice".into(),
+            reason: Some("bad payment client config, fixed".into()),
+        }));
+        let plan = decide("c", &spec(), &status, &o);
+        assert_eq!(open(&plan.status), 0);
+        let resolve = plan
+            .status
+            .outbox
+            .iter()
+            .find(|e| e.action == OutboxAction::Resolve)
+            .expect("a Resolve");
+        assert!(
+            resolve.title.contains("resolved by alice"),
+            "{}",
+            resolve.title
+        );
+        assert!(plan.actions.iter().any(|a| matches!(a,
+            Action::ReleaseHistory { release, entry } if *release == release_name("c", NEW)
+                && entry.action == "resolve" && entry.by == "alice")));
+        // Nothing open: a second resolve is ignored and says so.
+        o.request = Some(Ok(Request {
+            id: "resolve-2".into(),
+            ..o.request.clone().and_then(Result::ok).expect("request")
+        }));
+        let again = decide("c", &spec(), &plan.status, &o);
+        assert!(
+            again.notes.iter().any(|n| n.reason == "RequestIgnored"),
+            "{:?}",
+            again.notes
+        );
+        // Without a human, the next promotion of the same Rollout closes it.
+        let (mut p, mut po) = progressing();
+        p.current_step = Some(2);
+        p.phase = Some(RolloutPhase::Promoting);
+        p.outbox = status.outbox.clone();
+        assert_eq!(open(&p), 1);
+        po.target = Some(TargetView {
+            replicas: 0,
+            artifact: Ok(artifact(NEW)),
+            template: None,
+        });
+        po.stable = Some(workload(&release_name("c", NEW), NEW, 4));
+        let promoted = decide("c", &spec(), &p, &po).status;
+        assert_eq!(promoted.phase, Some(RolloutPhase::Stable));
+        assert_eq!(open(&promoted), 0, "closed by the promotion");
     }
 
     #[test]
@@ -3268,7 +3393,8 @@ mod tests {
             status.rollback.as_ref().map(|r| r.step),
             Some(RollbackStep::VerifyRecovery)
         );
-        // The window starts again from the last failure; healthy for 30 s, it resolves both.
+        // The window starts again from the last failure; healthy for 30 s, it resolves the
+        // not-recovered escalation; the rollback's incident stays open for a human.
         o.analysis = None;
         o.now = since + 3 + 29;
         status = decide("c", &spec(), &status, &o).status;
@@ -3287,7 +3413,7 @@ mod tests {
             .map(|e| e.dedup_key.as_str())
             .collect();
         let key = dedup_key("", "c", &release_name("c", NEW));
-        assert_eq!(resolved, vec![key.clone(), format!("{key}:not-recovered")]);
+        assert_eq!(resolved, vec![format!("{key}:not-recovered")]);
     }
 
     #[test]
