@@ -509,18 +509,7 @@ impl Fixture {
             "{rb:?}"
         );
         let steps: Vec<RollbackStep> = rb.completed.iter().map(|r| r.step).collect();
-        assert_eq!(
-            steps,
-            [
-                RollbackStep::ZeroWeights,
-                RollbackStep::EnsureStableCapacity,
-                RollbackStep::RestoreStable,
-                RollbackStep::MarkUnstable,
-                RollbackStep::Escalate,
-                RollbackStep::VerifyRecovery,
-            ],
-            "every saga step once, in order"
-        );
+        assert_eq!(steps, SAGA, "every saga step once, in order");
         assert_eq!(self.canary_weight().await, 0);
         assert_eq!(self.replicas("web-canary").await, Some(0));
         assert!(
@@ -875,6 +864,16 @@ async fn a_latency_only_regression_is_rolled_back() {
 
 /// SIGKILL right after each saga step in turn, with a restart each time: the rollback completes,
 /// each step is recorded once, and there is exactly one incident.
+/// The rollback saga's steps, in order.
+const SAGA: [RollbackStep; 6] = [
+    RollbackStep::ZeroWeights,
+    RollbackStep::EnsureStableCapacity,
+    RollbackStep::RestoreStable,
+    RollbackStep::MarkUnstable,
+    RollbackStep::Escalate,
+    RollbackStep::VerifyRecovery,
+];
+
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_rollback_survives_sigkill_after_every_saga_step() {
@@ -883,14 +882,7 @@ async fn a_rollback_survives_sigkill_after_every_saga_step() {
     let first = fx.controller();
     fx.initialized().await;
     first.kill();
-    let steps = [
-        RollbackStep::ZeroWeights,
-        RollbackStep::EnsureStableCapacity,
-        RollbackStep::RestoreStable,
-        RollbackStep::MarkUnstable,
-        RollbackStep::Escalate,
-        RollbackStep::VerifyRecovery,
-    ];
+    let steps = SAGA;
     let halting = |step: RollbackStep| {
         ControllerProcess::start_with(&log, &[("ROLLGUARD_TEST_HALT_AFTER", &format!("{step:?}"))])
     };
@@ -918,6 +910,68 @@ async fn a_rollback_survives_sigkill_after_every_saga_step() {
             None => fx.controller(),
         };
     }
+    fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
+    drop(controller);
+    fx.cleanup().await;
+}
+
+/// The crash that matters most: after a saga step's writes to the cluster, before its record
+/// in status. The next controller redoes the step (each is idempotent); at the end every step is
+/// recorded once, there is one incident, and the bad Release is Unstable once.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_rollback_survives_sigkill_between_each_steps_writes_and_its_record() {
+    let fx = Fixture::new("ctl-kill-before", &Scenario::default()).await;
+    let log = fx.log();
+    let first = fx.controller();
+    fx.initialized().await;
+    first.kill();
+    let steps = SAGA;
+    let halting = |step: RollbackStep| {
+        ControllerProcess::start_with(
+            &log,
+            &[("ROLLGUARD_TEST_HALT_BEFORE_RECORD", &format!("{step:?}"))],
+        )
+    };
+    let halted = |step: RollbackStep| {
+        let line = format!("halting at saga step {step:?} (ROLLGUARD_TEST_HALT_BEFORE_RECORD)");
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains(&line))
+    };
+    let mut controller = halting(steps[0]);
+    fx.deploy_bad(ERRORS).await;
+    for step in steps {
+        eventually(
+            &format!("the writes of {step:?} done, its record not"),
+            Duration::from_secs(120),
+            || async { halted(step).then_some(()) },
+        )
+        .await;
+        let rb = fx.status().await.rollback.expect("saga");
+        assert!(
+            !rb.completed.iter().any(|r| r.step == step),
+            "{step:?} is recorded although the controller halted before: {rb:?}"
+        );
+        // The step's own writes happened before the halt.
+        match step {
+            RollbackStep::ZeroWeights => assert_eq!(fx.canary_weight().await, 0),
+            RollbackStep::RestoreStable => assert_eq!(fx.replicas("web-canary").await, Some(0)),
+            RollbackStep::MarkUnstable => {
+                assert_eq!(fx.release_phase(BAD_C).await, Some(ReleasePhase::Unstable))
+            }
+            _ => {}
+        }
+        controller.kill();
+        println!("SIGKILL between the writes of {step:?} and its record");
+        controller = match steps
+            .iter()
+            .position(|s| *s == step)
+            .and_then(|i| steps.get(i + 1))
+        {
+            Some(next) => halting(*next),
+            None => fx.controller(),
+        };
+    }
+    // check_rolled_back: every step recorded once and in order, one Trigger, Unstable.
     fx.check_rolled_back(BAD_C, GOOD_A, "error-rate").await;
     drop(controller);
     fx.cleanup().await;

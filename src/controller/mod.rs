@@ -613,9 +613,13 @@ async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
             tracing::warn!(rollout = %key(ro), error = %e, phase = ?status.phase, "plan failed");
             next = failed(&ns, &name, &ro.spec, &status, &e.to_string(), obs.now);
         }
+        #[cfg(debug_assertions)]
+        if result.is_ok() {
+            halt_for_tests("ROLLGUARD_TEST_HALT_BEFORE_RECORD", &status, &next).await;
+        }
         record(&api, ro, &next).await?;
         #[cfg(debug_assertions)]
-        halt_for_tests(&status, &next).await;
+        halt_for_tests("ROLLGUARD_TEST_HALT_AFTER", &status, &next).await;
         ctx.metrics.observe(&ns, &name, &status, &next, obs.now);
         for note in &plan.notes {
             if result.is_ok() {
@@ -641,12 +645,14 @@ async fn plan(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
     Ok(Duration::from_millis(100))
 }
 
-/// Fault injection for the end-to-end tests, in debug builds only: with
-/// `ROLLGUARD_TEST_HALT_AFTER=<saga step>`, the reconcile that has just recorded that step as
-/// done stops there for good, so that the test can SIGKILL the process at exactly that point.
+/// Fault injection for the end-to-end tests, in debug builds only. The reconcile whose plan
+/// completes a saga step stops there for good, so that the test can SIGKILL the process at
+/// exactly that point: with `ROLLGUARD_TEST_HALT_BEFORE_RECORD=<step>` after the step's writes
+/// to the cluster and before its record in status, with `ROLLGUARD_TEST_HALT_AFTER=<step>`
+/// once it is recorded.
 #[cfg(debug_assertions)]
-async fn halt_for_tests(before: &RolloutStatus, after: &RolloutStatus) {
-    let Ok(step) = std::env::var("ROLLGUARD_TEST_HALT_AFTER") else {
+async fn halt_for_tests(variable: &str, before: &RolloutStatus, after: &RolloutStatus) {
+    let Ok(step) = std::env::var(variable) else {
         return;
     };
     let done = |s: &RolloutStatus| {
@@ -655,7 +661,7 @@ async fn halt_for_tests(before: &RolloutStatus, after: &RolloutStatus) {
             .is_some_and(|rb| rb.completed.iter().any(|r| format!("{:?}", r.step) == step))
     };
     if done(after) && !done(before) {
-        tracing::warn!("halting after saga step {step} (ROLLGUARD_TEST_HALT_AFTER)");
+        tracing::warn!("halting at saga step {step} ({variable})");
         std::future::pending::<()>().await;
     }
 }
