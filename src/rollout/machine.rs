@@ -796,6 +796,23 @@ impl Planner<'_> {
     /// target declares a new digest that is not Unstable.
     fn idle(&mut self) {
         self.requeue = 30;
+        // A held canary that was withdrawn or rolled back leaves nothing to judge.
+        if self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "AnalysisInvalid" && c.status == "True")
+        {
+            let now = self.now();
+            set_condition(
+                &mut self.status,
+                "AnalysisInvalid",
+                false,
+                "NoCanary",
+                "no canary is running",
+                now,
+            );
+        }
         let Some(stable) = self.status.stable.clone() else {
             self.set_phase(RolloutPhase::Initializing, "no stable Release recorded");
             self.requeue = 0;
@@ -2562,6 +2579,46 @@ mod tests {
             }));
             assert!(held(&fixed).is_none(), "{:?}", fixed.status.conditions);
         }
+    }
+
+    #[test]
+    fn a_withdrawn_held_canary_leaves_no_stale_condition() {
+        let (mut s, mut o) = progressing();
+        s.canary_weight = Some(0);
+        s.step_started_at = None;
+        o.analysis_invalid = Some("template golden: not found".into());
+        let held_status = decide("c", &analysed(spec()), &s, &o).status;
+        assert!(
+            held_status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "AnalysisInvalid" && c.status == "True")
+        );
+        // The target goes back to the stable digest: the canary is withdrawn, then idle.
+        o.target = Some(TargetView {
+            replicas: 0,
+            artifact: Ok(artifact(OLD)),
+            template: None,
+        });
+        let mut status = held_status;
+        for _ in 0..3 {
+            status = decide("c", &analysed(spec()), &status, &o).status;
+        }
+        assert_ne!(
+            status.phase,
+            Some(RolloutPhase::Paused),
+            "{:?}",
+            status.message
+        );
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "AnalysisInvalid")
+            .expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoCanary")
+        );
     }
 
     #[test]
