@@ -1,6 +1,7 @@
 //! The analysis engine: safe query rendering, the metric source, and the judgments that turn
 //! per-arm measurements into Pass, Fail or Inconclusive with evidence.
 
+pub mod bounds;
 pub mod counters;
 pub mod judge;
 pub mod latency;

@@ -127,15 +127,7 @@ impl<'a> Applier<'a> {
         for arm in arms {
             let svc = arm_service(&self.name, &self.ns, &owner(self.ro, true), arm, &ports);
             let name = arm_name(&self.name, arm);
-            let existing = services
-                .get_opt(&name)
-                .await
-                .map_err(|e| format!("Service {name}: {e}"))?;
-            self.ours(
-                "Service",
-                &name,
-                existing.as_ref().map(|s| s.owner_references()),
-            )?;
+            self.existing_is_ours(&services, "Service", &name).await?;
             services
                 .patch(&name, &ssa(), &Patch::Apply(svc))
                 .await
@@ -243,21 +235,25 @@ impl<'a> Applier<'a> {
             replicas,
         );
         let name = arm_name(&self.name, arm);
-        let existing = self
-            .deployments()
-            .get_opt(&name)
-            .await
-            .map_err(|e| format!("Deployment {name}: {e}"))?;
-        self.ours(
-            "Deployment",
-            &name,
-            existing.as_ref().map(|d| d.owner_references()),
-        )?;
+        self.existing_is_ours(&self.deployments(), "Deployment", &name)
+            .await?;
         self.deployments()
             .patch(&name, &ssa(), &Patch::Apply(d))
             .await
             .map(drop)
             .map_err(|e| format!("applying Deployment {name}: {e}"))
+    }
+
+    /// An arm's object, where it exists already, must be this Rollout's.
+    async fn existing_is_ours<K>(&self, api: &Api<K>, kind: &str, name: &str) -> Result<(), String>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let existing = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("{kind} {name}: {e}"))?;
+        self.ours(kind, name, existing.as_ref().map(|o| o.owner_references()))
     }
 
     /// An existing object with an arm's name must be this Rollout's.
