@@ -708,6 +708,58 @@ async fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero() {
     fx.cleanup().await;
 }
 
+/// A Deployment of someone else's that happens to have an arm's name is never overwritten or
+/// scaled: the canary does not start, and the Rollout says whose object is in the way.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn an_arm_named_deployment_of_someone_else_is_left_alone() {
+    let fx = Fixture::new("ctl-foreign", &Scenario::default()).await;
+    let controller = fx.controller();
+    fx.initialized().await;
+    fx.ns
+        .apply(
+            &core_resource("apps/v1", "Deployment", "deployments"),
+            deployment("web-canary", "reports", "main", 2, None),
+        )
+        .await;
+    fx.ns.wait_deployment_ready("web-canary", 2).await;
+    fx.set_target(GOOD_B).await;
+    let refused = eventually("the apply refused", Duration::from_secs(60), || async {
+        fx.status()
+            .await
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False")
+    })
+    .await;
+    assert!(
+        refused
+            .message
+            .contains("Deployment web-canary exists and is not controlled by Rollout web"),
+        "{}",
+        refused.message
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let theirs = fx.deployments.get("web-canary").await.expect("still there");
+    assert_eq!(
+        theirs.spec.as_ref().and_then(|s| s.replicas),
+        Some(2),
+        "not scaled"
+    );
+    let image = theirs
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].image.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        image.starts_with("registry.example/reports@"),
+        "not overwritten: {image}"
+    );
+    assert_eq!(fx.canary_weight().await, 0);
+    drop(controller);
+    fx.cleanup().await;
+}
+
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
