@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::analysis::judge::Arm;
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::{Credentials, PrometheusSource};
-use crate::backtest::{format_time, parse_time};
 use crate::lint::Severity;
-use crate::rollout::machine::RequestAction;
+use crate::rollout::plan::RequestAction;
+use crate::time::{format_time, parse_time};
 
 #[derive(Debug, Parser)]
 #[command(name = "rollguard", version, about, propagate_version = true)]
@@ -410,7 +410,7 @@ fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
 }
 
 async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
-    let now = crate::backtest::unix_now();
+    let now = crate::time::unix_now();
     let from = parse_time(&a.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
     let to = parse_time(&a.to, now).map_err(|e| anyhow::anyhow!("--to {e}"))?;
     anyhow::ensure!(

@@ -13,4 +13,5 @@ pub mod lint;
 pub mod ops;
 pub mod rollout;
 pub mod templates;
+pub mod time;
 pub mod traffic;

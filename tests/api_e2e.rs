@@ -511,7 +511,13 @@ async fn concurrent_history_writers_lose_no_entry() {
                 at: "2026-11-22T10:00:00Z".into(),
                 reason: None,
             };
-            rollguard::ops::record_history(&api, "checkout-1d6f3b8e2c7a", &entry, json!({})).await
+            rollguard::controller::history::record_history(
+                &api,
+                "checkout-1d6f3b8e2c7a",
+                &entry,
+                json!({}),
+            )
+            .await
         }
     });
     let results = futures::future::join_all(writers).await;

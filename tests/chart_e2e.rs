@@ -485,7 +485,7 @@ async fn forged_requester_names_are_refused_at_admission() {
     use kube::{Api, Client};
     use rollguard::api::release::Release;
     use rollguard::api::rollout::Rollout;
-    use rollguard::rollout::RequestAction;
+    use rollguard::rollout::plan::RequestAction;
 
     let ns = TestNamespace::create("e2e-names").await;
     install_crds(&ns.client).await;

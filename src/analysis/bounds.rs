@@ -1,7 +1,7 @@
 //! Bounds on a query, checked before anything parses or renders it. The parser, the printer
 //! and the offset rewriting recurse over a query's tree; a tenant does not choose how deep.
 
-use super::render::RenderError;
+use thiserror::Error;
 
 /// The most bytes a query may have, as written in a template or once rendered.
 pub const MAX_QUERY_BYTES: usize = 4096;
@@ -32,13 +32,27 @@ pub fn worst_admitted() -> String {
     )
 }
 
+/// A query past one of the bounds.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TooBig {
+    #[error("the query is {0} bytes long; at most {MAX_QUERY_BYTES} are accepted")]
+    TooLong(usize),
+    #[error(
+        "the query has more than {MAX_OPERATORS} operators; split it into several metrics or \
+         simplify it"
+    )]
+    TooManyOperators,
+    #[error("the query nests brackets more than {MAX_NESTING} deep")]
+    TooDeep,
+}
+
 /// Checked before a query is parsed or rendered, in one pass without recursion, so that no
 /// template decides how deep rollguard recurses or how long it works on one query.
 /// Operators are counted outside strings, label matchers and range brackets; a `-` in a number
 /// like `1e-3` counts too, which errs on the safe side.
-pub fn check_bounds(query: &str) -> Result<(), RenderError> {
+pub fn check_bounds(query: &str) -> Result<(), TooBig> {
     if query.len() > MAX_QUERY_BYTES {
-        return Err(RenderError::TooLong(query.len()));
+        return Err(TooBig::TooLong(query.len()));
     }
     let bytes = query.as_bytes();
     let (mut operators, mut depth, mut matchers) = (0usize, 0usize, 0usize);
@@ -63,7 +77,7 @@ pub fn check_bounds(query: &str) -> Result<(), RenderError> {
                     matchers += 1;
                 }
                 if depth > MAX_NESTING {
-                    return Err(RenderError::TooDeep);
+                    return Err(TooBig::TooDeep);
                 }
             }
             b')' | b']' | b'}' => {
@@ -89,14 +103,14 @@ pub fn check_bounds(query: &str) -> Result<(), RenderError> {
                     operators += 1;
                 }
                 if operators > MAX_OPERATORS {
-                    return Err(RenderError::TooManyOperators);
+                    return Err(TooBig::TooManyOperators);
                 }
                 continue;
             }
             _ => {}
         }
         if operators > MAX_OPERATORS {
-            return Err(RenderError::TooManyOperators);
+            return Err(TooBig::TooManyOperators);
         }
         i += 1;
     }

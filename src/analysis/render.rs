@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub use super::bounds::{
-    MAX_NESTING, MAX_OPERATORS, MAX_QUERY_BYTES, check_bounds, worst_admitted,
+    MAX_NESTING, MAX_OPERATORS, MAX_QUERY_BYTES, TooBig, check_bounds, worst_admitted,
 };
 use crate::api::analysis::{Argument, ArgumentType};
 
@@ -51,15 +51,8 @@ pub enum RenderError {
         "the value of {{{{{0}}}}} cannot be placed in a backtick string (it contains a backtick)"
     )]
     Backtick(String),
-    #[error("the query is {0} bytes long; at most {MAX_QUERY_BYTES} are accepted")]
-    TooLong(usize),
-    #[error(
-        "the query has more than {MAX_OPERATORS} operators; split it into several metrics or \
-         simplify it"
-    )]
-    TooManyOperators,
-    #[error("the query nests brackets more than {MAX_NESTING} deep")]
-    TooDeep,
+    #[error(transparent)]
+    TooBig(#[from] TooBig),
 }
 
 /// Values a query is rendered with.
@@ -617,26 +610,32 @@ mod tests {
         let types = BTreeMap::new();
         assert_eq!(
             render(&chain, &bindings("web", &[]), &types),
-            Err(RenderError::TooLong(chain.len()))
+            Err(RenderError::TooBig(TooBig::TooLong(chain.len())))
         );
         let short_chain = format!("x{}", "+1".repeat(MAX_OPERATORS + 1));
         assert!(short_chain.len() < MAX_QUERY_BYTES);
         assert_eq!(
             check_template(&short_chain, &types),
-            Err(RenderError::TooManyOperators)
+            Err(RenderError::TooBig(TooBig::TooManyOperators))
         );
         assert_eq!(
             check_template(&format!("x{}", " or y".repeat(MAX_OPERATORS + 1)), &types),
-            Err(RenderError::TooManyOperators)
+            Err(RenderError::TooBig(TooBig::TooManyOperators))
         );
         let unary = format!("{}1", "-".repeat(MAX_OPERATORS + 1));
-        assert_eq!(shift_back(&unary, 60), Err(RenderError::TooManyOperators));
+        assert_eq!(
+            shift_back(&unary, 60),
+            Err(RenderError::TooBig(TooBig::TooManyOperators))
+        );
         let deep = format!(
             "{}x{}",
             "(".repeat(MAX_NESTING + 1),
             ")".repeat(MAX_NESTING + 1)
         );
-        assert_eq!(check_template(&deep, &types), Err(RenderError::TooDeep));
+        assert_eq!(
+            check_template(&deep, &types),
+            Err(RenderError::TooBig(TooBig::TooDeep))
+        );
         // Operators inside strings, matchers and ranges do not count.
         let quoted = format!(r#"sum(x{{a="{}", b!~"-+"}}[5m:1m])"#, "+".repeat(500));
         assert!(check_bounds(&quoted).is_ok());
@@ -644,7 +643,7 @@ mod tests {
         let long_value = "v".repeat(MAX_QUERY_BYTES);
         assert!(matches!(
             render(r#"x{a="{{arm}}"}"#, &bindings(&long_value, &[]), &types),
-            Err(RenderError::TooLong(_))
+            Err(RenderError::TooBig(TooBig::TooLong(_)))
         ));
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use kube::{Api, Client};
 
+use super::error::CannotStart;
 use super::metrics::Metrics;
 use crate::analysis::source::{MetricSource, Series, SourceError};
 
@@ -19,9 +20,10 @@ use crate::api::analysis::{AnalysisTemplate, ClusterAnalysisTemplate, Inconclusi
 use crate::api::common::bounded;
 use crate::api::endpoints::MetricProvider;
 use crate::api::rollout::{AnalysisSummary, BaselineMode, MetricEvidence, QueryValue, Rollout};
-use crate::backtest::format_time;
-use crate::rollout::machine::{AnalysisView, Arm};
+use crate::rollout::plan::AnalysisView;
+use crate::rollout::workload::Arm;
 use crate::rollout::workload::arm_name;
+use crate::time::format_time;
 
 /// What a run judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +59,11 @@ impl LiveRun {
         id: &str,
         judged: Judged,
         metrics: Arc<Metrics>,
-    ) -> Result<LiveRun, String> {
+    ) -> Result<LiveRun, CannotStart> {
         let namespace = rollout.metadata.namespace.clone().unwrap_or_default();
         let name = rollout.metadata.name.clone().unwrap_or_default();
         let Some(analysis) = &rollout.spec.analysis else {
-            return Err("the Rollout has no analysis".into());
+            return Err(CannotStart::NoAnalysis);
         };
         let (canary, baseline, baseline_offset) = match judged {
             Judged::Canary => (
@@ -104,7 +106,10 @@ impl LiveRun {
                     .await
                     .map(|t| t.spec)
             }
-            .map_err(|e| format!("template {}: {e}", t.name))?;
+            .map_err(|source| CannotStart::Template {
+                name: t.name.clone(),
+                source,
+            })?;
             providers.extend(spec.metrics.iter().map(|m| m.provider.clone()));
             provider_of.extend(
                 spec.metrics
@@ -121,12 +126,12 @@ impl LiveRun {
                 .map(|(name, spec)| {
                     AnalysisRun::new(&spec, &target)
                         .map(|run| (name.clone(), run))
-                        .map_err(|e| format!("template {name}: {e}"))
+                        .map_err(|source| CannotStart::Config { name, source })
                 })
-                .collect::<Result<Vec<_>, String>>()
+                .collect::<Result<Vec<_>, CannotStart>>()
         })
         .await
-        .map_err(|e| format!("rendering the templates: {e}"))??;
+        .map_err(CannotStart::Rendering)??;
         let mut sources = HashMap::new();
         let mut broken = BTreeMap::new();
         providers.sort();

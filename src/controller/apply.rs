@@ -7,11 +7,14 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-use super::Context;
+use super::context::Context;
+use super::error::ActionError;
+use super::history::record_history;
 use crate::api::Rollout;
 use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
 use crate::api::rollout::BaselineMode;
-use crate::rollout::machine::{Action, Arm};
+use crate::rollout::plan::{Action, ErrorKind};
+use crate::rollout::workload::Arm;
 use crate::rollout::workload::{
     ROLLOUT_LABEL, arm_deployment, arm_name, arm_service, artifact, controlled_by, prunable,
     service_ports,
@@ -64,7 +67,7 @@ impl<'a> Applier<'a> {
         Api::namespaced(self.ctx.client.clone(), &self.ns)
     }
 
-    pub async fn apply(&mut self, action: &Action) -> Result<(), String> {
+    pub async fn apply(&mut self, action: &Action) -> Result<(), ActionError> {
         match action {
             Action::EnsureServices => self.ensure_services().await,
             Action::CreateRelease { name, phase } => self.create_release(name, *phase).await,
@@ -90,9 +93,17 @@ impl<'a> Applier<'a> {
                 verdict,
             } => self.release_phase(release, *phase, verdict.as_ref()).await,
             Action::ReleaseHistory { release, entry } => {
-                crate::ops::record_history(&self.releases(), release, entry, json!({}))
+                record_history(&self.releases(), release, entry, json!({}))
                     .await
-                    .map_err(|e| format!("recording history on Release {release}: {e}"))
+                    .map_err(|e| {
+                        self.refused(
+                            &e,
+                            "patch",
+                            &format!("Release {release}"),
+                            &format!("recording history on Release {release}"),
+                        )
+                        .on_field("status.history")
+                    })
             }
             Action::ResetAnalysis => {
                 self.reset = true;
@@ -102,22 +113,31 @@ impl<'a> Applier<'a> {
         }
     }
 
-    async fn target(&self) -> Result<Deployment, String> {
-        let t = &self.ro.spec.target_ref.name;
-        self.deployments()
-            .get(t)
-            .await
-            .map_err(|e| format!("target Deployment {t}: {e}"))
+    /// The apiserver refused `verb` on `object`; `doing` words it for the message (`scaling
+    /// Deployment web-canary to 3`).
+    fn refused(&self, e: &kube::Error, verb: &str, object: &str, doing: &str) -> ActionError {
+        ActionError::kube(e, verb, object, &self.ns, doing)
     }
 
-    async fn ensure_services(&self) -> Result<(), String> {
+    async fn target(&self) -> Result<Deployment, ActionError> {
+        let t = format!("Deployment {}", self.ro.spec.target_ref.name);
+        self.deployments()
+            .get(&self.ro.spec.target_ref.name)
+            .await
+            .map_err(|e| self.refused(&e, "get", &t, &format!("target {t}")))
+    }
+
+    async fn ensure_services(&self) -> Result<(), ActionError> {
         let target = self.target().await?;
         let template = serde_json::to_value(target.spec.map(|s| s.template)).unwrap_or_default();
         let services: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let user = services
             .get_opt(&self.ro.spec.target_ref.name)
             .await
-            .map_err(|e| format!("Service {}: {e}", self.ro.spec.target_ref.name))?
+            .map_err(|e| {
+                let object = format!("Service {}", self.ro.spec.target_ref.name);
+                self.refused(&e, "get", &object, &object)
+            })?
             .map(|s| serde_json::to_value(s).unwrap_or_default());
         let ports = service_ports(user.as_ref(), &template);
         let mut arms = vec![Arm::Stable, Arm::Canary];
@@ -131,12 +151,15 @@ impl<'a> Applier<'a> {
             services
                 .patch(&name, &ssa(), &Patch::Apply(svc))
                 .await
-                .map_err(|e| format!("applying Service {name}: {e}"))?;
+                .map_err(|e| {
+                    let object = format!("Service {name}");
+                    self.refused(&e, "patch", &object, &format!("applying {object}"))
+                })?;
         }
         Ok(())
     }
 
-    async fn create_release(&self, name: &str, phase: ReleasePhase) -> Result<(), String> {
+    async fn create_release(&self, name: &str, phase: ReleasePhase) -> Result<(), ActionError> {
         let target = self.target().await?;
         let template_meta = target
             .spec
@@ -145,7 +168,14 @@ impl<'a> Applier<'a> {
             .unwrap_or_default();
         let template =
             serde_json::to_value(target.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
-        let a = artifact(&template, self.ro.spec.require_digest)?;
+        let a = artifact(&template, self.ro.spec.require_digest).map_err(|why| {
+            ActionError::new(
+                ErrorKind::Invalid,
+                format!("Deployment {}", self.ro.spec.target_ref.name),
+                why,
+            )
+            .on_field("spec.template")
+        })?;
         let labels = template_meta.labels.unwrap_or_default();
         let version = ["app.kubernetes.io/version", "version"]
             .iter()
@@ -175,7 +205,10 @@ impl<'a> Applier<'a> {
         release.metadata.namespace = Some(self.ns.clone());
         release.metadata.labels = Some([(ROLLOUT_LABEL.to_owned(), self.name.clone())].into());
         release.metadata.owner_references = Some(vec![
-            serde_json::from_value(owner(self.ro, false)).map_err(|e| e.to_string())?,
+            serde_json::from_value(owner(self.ro, false)).map_err(|e| {
+                ActionError::new(ErrorKind::Invalid, format!("Release {name}"), e.to_string())
+                    .on_field("metadata.ownerReferences")
+            })?,
         ]);
         match self
             .releases()
@@ -184,7 +217,10 @@ impl<'a> Applier<'a> {
         {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(format!("creating Release {name}: {e}")),
+            Err(e) => {
+                let object = format!("Release {name}");
+                return Err(self.refused(&e, "create", &object, &format!("creating {object}")));
+            }
         }
         self.release_phase(name, phase, None).await
     }
@@ -194,12 +230,13 @@ impl<'a> Applier<'a> {
         name: &str,
         phase: ReleasePhase,
         verdict: Option<&crate::api::release::ReleaseVerdict>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ActionError> {
         let api = self.releases();
+        let object = format!("Release {name}");
         let current = api
             .get(name)
             .await
-            .map_err(|e| format!("Release {name}: {e}"))?;
+            .map_err(|e| self.refused(&e, "get", &object, &object))?;
         let status = current.status.unwrap_or_default();
         if status.phase == Some(phase) && (verdict.is_none() || status.verdict.as_ref() == verdict)
         {
@@ -211,20 +248,30 @@ impl<'a> Applier<'a> {
             body["status"]["override"] = Value::Null;
         }
         if let Some(v) = verdict {
-            body["status"]["verdict"] = serde_json::to_value(v).map_err(|e| e.to_string())?;
+            body["status"]["verdict"] = serde_json::to_value(v).map_err(|e| {
+                ActionError::new(ErrorKind::Invalid, object.clone(), e.to_string())
+                    .on_field("status.verdict")
+            })?;
         }
         api.patch_status(name, &PatchParams::default(), &Patch::Merge(body))
             .await
             .map(drop)
-            .map_err(|e| format!("moving Release {name} to {phase:?}: {e}"))
+            .map_err(|e| {
+                self.refused(
+                    &e,
+                    "patch",
+                    &object,
+                    &format!("moving {object} to {phase:?}"),
+                )
+                .on_field("status.phase")
+            })
     }
 
-    async fn apply_arm(&self, arm: Arm, release: &str, replicas: i32) -> Result<(), String> {
-        let r = self
-            .releases()
-            .get(release)
-            .await
-            .map_err(|e| format!("Release {release}: {e}"))?;
+    async fn apply_arm(&self, arm: Arm, release: &str, replicas: i32) -> Result<(), ActionError> {
+        let r = self.releases().get(release).await.map_err(|e| {
+            let object = format!("Release {release}");
+            self.refused(&e, "get", &object, &object)
+        })?;
         let d = arm_deployment(
             &self.name,
             &self.ns,
@@ -241,18 +288,26 @@ impl<'a> Applier<'a> {
             .patch(&name, &ssa(), &Patch::Apply(d))
             .await
             .map(drop)
-            .map_err(|e| format!("applying Deployment {name}: {e}"))
+            .map_err(|e| {
+                let object = format!("Deployment {name}");
+                self.refused(&e, "patch", &object, &format!("applying {object}"))
+            })
     }
 
     /// An arm's object, where it exists already, must be this Rollout's.
-    async fn existing_is_ours<K>(&self, api: &Api<K>, kind: &str, name: &str) -> Result<(), String>
+    async fn existing_is_ours<K>(
+        &self,
+        api: &Api<K>,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), ActionError>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        let existing = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("{kind} {name}: {e}"))?;
+        let existing = api.get_opt(name).await.map_err(|e| {
+            let object = format!("{kind} {name}");
+            self.refused(&e, "get", &object, &object)
+        })?;
         self.ours(kind, name, existing.as_ref().map(|o| o.owner_references()))
     }
 
@@ -262,37 +317,50 @@ impl<'a> Applier<'a> {
         kind: &str,
         name: &str,
         refs: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ActionError> {
         match refs {
-            Some(refs) if !controlled_by(refs, &self.ro.uid().unwrap_or_default()) => Err(format!(
-                "{kind} {name} exists and is not controlled by Rollout {}; rollguard leaves it \
-                 alone: rename it, or the Rollout",
-                self.name
-            )),
+            Some(refs) if !controlled_by(refs, &self.ro.uid().unwrap_or_default()) => {
+                Err(ActionError::new(
+                    ErrorKind::Conflict,
+                    format!("{kind} {name}"),
+                    format!(
+                        "{kind} {name} exists and is not controlled by Rollout {}; rollguard \
+                         leaves it alone: rename it, or the Rollout",
+                        self.name
+                    ),
+                )
+                .on_field("metadata.ownerReferences"))
+            }
             _ => Ok(()),
         }
     }
 
     /// Scales a Deployment; a missing one already has no replicas. An arm must be this
     /// Rollout's; the target must not be.
-    async fn scale(&self, name: &str, replicas: i32) -> Result<(), String> {
+    async fn scale(&self, name: &str, replicas: i32) -> Result<(), ActionError> {
         let api = self.deployments();
+        let object = format!("Deployment {name}");
         let Some(d) = api
             .get_opt(name)
             .await
-            .map_err(|e| format!("Deployment {name}: {e}"))?
+            .map_err(|e| self.refused(&e, "get", &object, &object))?
         else {
             return if replicas == 0 {
                 Ok(())
             } else {
-                Err(format!("Deployment {name} does not exist"))
+                let why = format!("Deployment {name} does not exist");
+                Err(ActionError::new(ErrorKind::NotFound, object, why))
             };
         };
         let uid = self.ro.uid().unwrap_or_default();
         if name == self.ro.spec.target_ref.name {
             if controlled_by(d.owner_references(), &uid) {
-                return Err(format!(
-                    "target Deployment {name} is one of the Rollout's own; it is not scaled"
+                return Err(ActionError::new(
+                    ErrorKind::Invalid,
+                    object,
+                    format!(
+                        "target Deployment {name} is one of the Rollout's own; it is not scaled"
+                    ),
                 ));
             }
         } else {
@@ -305,7 +373,15 @@ impl<'a> Applier<'a> {
         api.patch(name, &PatchParams::default(), &patch)
             .await
             .map(drop)
-            .map_err(|e| format!("scaling Deployment {name} to {replicas}: {e}"))
+            .map_err(|e| {
+                self.refused(
+                    &e,
+                    "patch",
+                    &object,
+                    &format!("scaling {object} to {replicas}"),
+                )
+                .on_field("spec.replicas")
+            })
     }
 
     fn arms(&self) -> Arms {
@@ -327,7 +403,7 @@ impl<'a> Applier<'a> {
         }
     }
 
-    async fn set_weights(&self, desired: Weights) -> Result<(), String> {
+    async fn set_weights(&self, desired: Weights) -> Result<(), ActionError> {
         let client = self.ctx.client.clone();
         let router = self.ro.spec.traffic_router.as_ref();
         let route = router.and_then(|r| {
@@ -363,17 +439,19 @@ impl<'a> Applier<'a> {
                     .await
             }
         };
-        result.map(drop).map_err(|e| e.to_string())
+        result
+            .map(drop)
+            .map_err(|e| ActionError::from_router(e, &self.ns))
     }
 
     /// Deletes what [`prunable`] says: past `historyLimit`, never one the status points at,
     /// never an Unstable one.
-    async fn prune(&self) -> Result<(), String> {
+    async fn prune(&self) -> Result<(), ActionError> {
         let api = self.releases();
         let mut list = api
             .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", self.name)))
             .await
-            .map_err(|e| format!("listing Releases: {e}"))?
+            .map_err(|e| self.refused(&e, "list", "Releases", "listing Releases"))?
             .items;
         list.sort_by_key(|r| std::cmp::Reverse(r.creation_timestamp().map(|t| t.0)));
         let status = self.ro.status.clone().unwrap_or_default();
@@ -393,7 +471,10 @@ impl<'a> Applier<'a> {
                 .map(drop)
                 .or_else(|e| match e {
                     kube::Error::Api(s) if s.code == 404 => Ok(()),
-                    e => Err(format!("pruning Release {name}: {e}")),
+                    e => {
+                        let object = format!("Release {name}");
+                        Err(self.refused(&e, "delete", &object, &format!("pruning {object}")))
+                    }
                 })?;
             tracing::info!(release = %name, "pruned beyond historyLimit");
         }

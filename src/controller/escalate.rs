@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, publish_as, record};
+use super::context::{Context, key};
+use super::record::{publish_as, record};
 use crate::analysis::provider::read_secrets;
 use crate::api::Rollout;
 use crate::api::endpoints::{Receiver as ReceiverObject, namespace_allowed};
@@ -21,7 +22,7 @@ use crate::escalation::outbox::{
 };
 use crate::escalation::receiver::{Outcome, Receiver, build, referenced_secrets};
 use crate::escalation::send::post;
-use crate::rollout::machine::set_condition;
+use crate::rollout::set_condition;
 use crate::rollout::workload::ROLLOUT_LABEL;
 
 /// Loads a Receiver object and builds it for a Rollout in `namespace`, or gives the outcome
@@ -59,7 +60,7 @@ async fn receiver(
 
 /// Sends what is due for `ro` and records the outcomes. Returns the seconds until the next
 /// delivery is due, if any.
-pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Error> {
+pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, kube::Error> {
     let Some(mut status) = ro.status.clone() else {
         return Ok(None);
     };
@@ -72,7 +73,7 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
         .as_ref()
         .map(|e| e.receivers.clone())
         .unwrap_or_default();
-    let now = crate::backtest::unix_now();
+    let now = crate::time::unix_now();
     if names.is_empty() {
         if skip_unrouted(&mut status.outbox) {
             save(ctx, ro, status).await?;
@@ -108,7 +109,7 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
             releases: &releases,
             graph_base: ctx.settings.graph_url.as_deref(),
         };
-        let stamp = crate::backtest::format_time(now);
+        let stamp = crate::time::format_time(now);
         let sends = todo.iter().map(|d| {
             let entry = &status.outbox[d.entry];
             let incident = incident(&sources, entry);
@@ -144,12 +145,12 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, Err
             ctx.metrics.escalation(&d.receiver, word);
             match problem {
                 Some(why) if before.as_ref() != Some(why) => {
-                    tracing::warn!(rollout = %super::key(ro), receiver = %d.receiver, key = %entry.dedup_key, "{why}");
+                    tracing::warn!(rollout = %key(ro), receiver = %d.receiver, key = %entry.dedup_key, "{why}");
                     let action = format!("Escalate/{}", d.receiver);
                     publish_as(ctx, ro, true, "EscalationFailed", &action, why).await;
                 }
                 None if word == "delivered" && !d.resend => {
-                    tracing::info!(rollout = %super::key(ro), receiver = %d.receiver, key = %entry.dedup_key, action = ?entry.action, "escalation delivered");
+                    tracing::info!(rollout = %key(ro), receiver = %d.receiver, key = %entry.dedup_key, action = ?entry.action, "escalation delivered");
                 }
                 _ => {}
             }
@@ -173,7 +174,7 @@ async fn save(
     ctx: &Context,
     ro: &mut Rollout,
     status: crate::api::rollout::RolloutStatus,
-) -> Result<(), Error> {
+) -> Result<(), kube::Error> {
     let api = Api::<Rollout>::namespaced(ctx.client.clone(), &ro.namespace().unwrap_or_default());
     record(&api, ro, &status).await?;
     ro.status = Some(status);

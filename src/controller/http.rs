@@ -11,7 +11,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use super::Context;
+use super::context::Context;
+
+/// A log filter that was not taken; the old one stays.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("empty filter: send e.g. 'info' or 'info,rollguard=debug'")]
+    Empty,
+    #[error("invalid filter {directives:?}: {reason}")]
+    Invalid { directives: String, reason: String },
+    #[error("reloading the filter: {0}")]
+    Reload(String),
+}
 
 /// The log filter, swappable while the controller runs.
 pub struct LogLevel {
@@ -35,17 +46,20 @@ impl LogLevel {
     }
 
     /// Replaces the filter with `directives` (EnvFilter syntax, e.g. `info,rollguard=debug`).
-    pub fn set(&self, directives: &str) -> Result<(), String> {
+    pub fn set(&self, directives: &str) -> Result<(), FilterError> {
         let directives = directives.trim();
         if directives.is_empty() {
-            return Err("empty filter: send e.g. 'info' or 'info,rollguard=debug'".into());
+            return Err(FilterError::Empty);
         }
         let filter = EnvFilter::builder()
             .parse(directives)
-            .map_err(|e| format!("invalid filter {directives:?}: {e}"))?;
+            .map_err(|e| FilterError::Invalid {
+                directives: directives.to_owned(),
+                reason: e.to_string(),
+            })?;
         self.handle
             .reload(filter)
-            .map_err(|e| format!("reloading the filter: {e}"))?;
+            .map_err(|e| FilterError::Reload(e.to_string()))?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = directives.to_owned();
         Ok(())
     }

@@ -73,25 +73,37 @@ pub fn fence_open(
     elected && !stopping && write_deadline(view, me, margin).is_some_and(|d| now_micros < d)
 }
 
+/// Lease flags that cannot work together.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    #[error(
+        "--lease-duration {}: at least 2s, in whole seconds (the Lease counts seconds)",
+        humantime::format_duration(*.0)
+    )]
+    LeaseTooShort(Duration),
+    #[error(
+        "--renew-deadline {} must be at least 1s and shorter than --lease-duration {}",
+        humantime::format_duration(*renew),
+        humantime::format_duration(*lease)
+    )]
+    RenewDeadline { renew: Duration, lease: Duration },
+}
+
 /// How the lease manager's timing follows from the controller's flags: it renews
 /// `renew_deadline` after the last renewal, so its grace is the difference; the fence closes
 /// halfway through that grace, so a renewal that is a little late does not close it, and a
 /// replica that missed its renewal stops writing well before anyone else may take over.
-pub fn timing(lease_duration: Duration, renew_deadline: Duration) -> Result<Timing, String> {
+pub fn timing(lease_duration: Duration, renew_deadline: Duration) -> Result<Timing, TimingError> {
     let duration = lease_duration.as_secs();
     let renew = renew_deadline.as_secs();
     if duration < 2 {
-        return Err(format!(
-            "--lease-duration {}: at least 2s, in whole seconds (the Lease counts seconds)",
-            humantime::format_duration(lease_duration)
-        ));
+        return Err(TimingError::LeaseTooShort(lease_duration));
     }
     if renew == 0 || renew >= duration {
-        return Err(format!(
-            "--renew-deadline {} must be at least 1s and shorter than --lease-duration {}",
-            humantime::format_duration(renew_deadline),
-            humantime::format_duration(lease_duration)
-        ));
+        return Err(TimingError::RenewDeadline {
+            renew: renew_deadline,
+            lease: lease_duration,
+        });
     }
     let grace = duration - renew;
     Ok(Timing {
@@ -523,7 +535,7 @@ mod tests {
             }
         );
         let e = timing(Duration::from_secs(10), Duration::from_secs(10)).expect_err("equal");
-        assert!(e.contains("--renew-deadline 10s"), "{e}");
+        assert!(e.to_string().contains("--renew-deadline 10s"), "{e}");
         assert!(timing(Duration::from_millis(1500), Duration::from_secs(1)).is_err());
         assert!(timing(Duration::from_secs(15), Duration::from_millis(500)).is_err());
     }

@@ -12,8 +12,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::api::rollout::{RolloutPhase, RolloutStatus};
-use crate::backtest::parse_time;
-use crate::rollout::machine::{deployment_result, is_rework, new_moments};
+use crate::rollout::outcome::{deployment_result, is_rework, new_moments};
+use crate::time::parse_time;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabels {
@@ -47,6 +47,12 @@ pub struct EscalationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+/// The reconcile stage that failed: `observe`, `apply` or `record`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,7 +110,7 @@ pub struct Metrics {
     query_errors: Family<ProviderLabels, Counter>,
     analysis: Histogram,
     reconcile_seconds: Histogram,
-    errors: Counter,
+    errors: Family<StageLabels, Counter>,
     escalations: Family<EscalationLabels, Counter>,
     leader: Gauge,
     writes: Family<OutcomeLabels, Counter>,
@@ -145,7 +151,7 @@ impl Metrics {
             query_errors: Family::default(),
             analysis: fast_histogram(),
             reconcile_seconds: fast_histogram(),
-            errors: Counter::default(),
+            errors: Family::default(),
             escalations: Family::default(),
             leader: Gauge::default(),
             writes: Family::default(),
@@ -217,7 +223,7 @@ impl Metrics {
         );
         r.register(
             "reconcile_errors",
-            "Reconciles that failed and were retried",
+            "Reconciles that failed and were retried, by the stage that failed",
             m.errors.clone(),
         );
         r.register(
@@ -245,8 +251,12 @@ impl Metrics {
         Ok(text)
     }
 
-    pub fn reconcile_error(&self) {
-        self.errors.inc();
+    pub fn reconcile_error(&self, stage: &str) {
+        self.errors
+            .get_or_create(&StageLabels {
+                stage: stage.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reconcile_seconds(&self, s: f64) {
@@ -649,7 +659,7 @@ mod tests {
         m.query("prom", 0.01, false);
         m.analysis_seconds(0.1);
         m.reconcile_seconds(0.1);
-        m.reconcile_error();
+        m.reconcile_error("apply");
         m.escalation("oncall", "delivered");
         m.leader(true);
         m.write("ok");

@@ -10,6 +10,7 @@ use crate::api::rollout::{
     IncidentKind, MetricEvidence, OutboxAction, OutboxEntry, RollbackStatus, RollbackStep,
     RolloutSpec, RolloutStatus, Severity,
 };
+use crate::rollout::plan::ReleaseView;
 use crate::rollout::workload::short_digest;
 
 /// Everything one escalation says.
@@ -147,7 +148,7 @@ pub fn build(src: &Sources<'_>, entry: &OutboxEntry) -> Incident {
     let from = entry.from_digest.as_ref().and_then(|d| {
         src.releases
             .iter()
-            .find(|r| crate::controller::release_view(r).digest == *d)
+            .find(|r| ReleaseView::from(*r).digest == *d)
     });
     let rollback = src
         .status
@@ -639,7 +640,7 @@ pub fn select(
         .iter()
         .find(|r| {
             let name = r.metadata.name.clone().unwrap_or_default();
-            matches(&name, &crate::controller::release_view(r).digest)
+            matches(&name, &ReleaseView::from(*r).digest)
         })
         .ok_or_else(|| format!("no Release of Rollout {namespace}/{rollout} matches {wanted:?}"))?;
     let name = r.metadata.name.clone().unwrap_or_default();
@@ -648,9 +649,9 @@ pub fn select(
         .as_ref()
         .and_then(|s| s.verdict.as_ref())
         .ok_or_else(|| format!("Release {name} was never rolled back (it has no verdict)"))?;
-    let digest = crate::controller::release_view(r).digest;
+    let digest = ReleaseView::from(r).digest;
     Ok(OutboxEntry {
-        dedup_key: crate::rollout::machine::dedup_key(namespace, rollout, &name),
+        dedup_key: crate::rollout::incidents::dedup_key(namespace, rollout, &name),
         action: OutboxAction::Trigger,
         severity: Severity::Error,
         title: format!(

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use super::receiver::Outcome;
 use crate::api::rollout::{Delivery, DeliveryState, IncidentKind, OutboxAction, OutboxEntry};
-use crate::backtest::format_time;
 use crate::rollout::workload::fingerprint;
+use crate::time::format_time;
 
 /// One send to make now.
 #[derive(Clone, Debug, PartialEq, Eq)]

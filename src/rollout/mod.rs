@@ -1,8 +1,28 @@
-//! The rollout lifecycle as plain data: what the cluster looks like ([`Observed`]), and the
-//! actions and status that follow from it ([`Plan`]). Nothing here does I/O or reads a clock;
-//! the controller applies a plan and records its status.
+//! The rollout lifecycle, pure: [`decide::decide`] takes the Rollout's spec and status and what
+//! was observed (the target's artifact, the owned Deployments, the Releases, the analysis
+//! decision, a manual request, the time) and returns the actions to apply, in order, and the
+//! status to record once they all succeeded. When an action fails, [`decide::failed`] gives the
+//! status to record instead. Every plan is safe to apply twice: actions are idempotent and a
+//! step is recorded before the next one begins.
+//!
+//! One file per stage: `plan` (the types), `planner` (its helpers), `decide` (the dispatch),
+//! `idle` (stable, blocked, rolled back), `requests`, `canary` (steps), `promote`, `saga`
+//! (rollback), `incidents` (the outbox) and `outcome` (DORA). `workload` reads and names the
+//! arms' Deployments.
 
-pub mod machine;
+mod canary;
+pub mod decide;
+mod idle;
+pub mod incidents;
+pub mod outcome;
+pub mod plan;
+mod planner;
+mod promote;
+mod requests;
+mod saga;
 pub mod workload;
 
-pub use machine::{Action, AnalysisView, Arm, Observed, Plan, Request, RequestAction, decide};
+#[cfg(test)]
+mod fixtures;
+
+pub use planner::set_condition;

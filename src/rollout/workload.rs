@@ -4,7 +4,23 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 
-use super::machine::Arm;
+/// The three Deployments (and Services) rollguard owns for a Rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arm {
+    Stable,
+    Canary,
+    Baseline,
+}
+
+impl std::fmt::Display for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arm::Stable => "stable",
+            Arm::Canary => "canary",
+            Arm::Baseline => "baseline",
+        })
+    }
+}
 
 /// Label on every object rollguard owns: the Rollout's name.
 pub const ROLLOUT_LABEL: &str = "rollguard.dev/rollout";

@@ -21,8 +21,13 @@ pub enum RouterError {
         name: String,
         source: RouteError,
     },
+    /// The apiserver refused `verb` (`get`, `patch`) on `what`.
     #[error("{what}: {source}")]
-    Api { what: String, source: kube::Error },
+    Api {
+        what: String,
+        verb: &'static str,
+        source: kube::Error,
+    },
     #[error("{what}: still changed by another writer after {attempts} attempts")]
     Conflict { what: String, attempts: u32 },
     #[error("{what}: {reason}")]
@@ -83,6 +88,7 @@ impl MeshRouter {
             .await
             .map_err(|source| RouterError::Api {
                 what: self.what(),
+                verb: "get",
                 source,
             })?;
         serde_json::to_value(obj).map_err(|e| RouterError::Encoding {
@@ -145,6 +151,7 @@ impl TrafficRouter for MeshRouter {
                 Err(source) => {
                     return Err(RouterError::Api {
                         what: self.what(),
+                        verb: "patch",
                         source,
                     });
                 }
@@ -204,6 +211,7 @@ impl ReplicaRouter {
             .await
             .map_err(|source| RouterError::Api {
                 what: format!("Deployment {name}"),
+                verb: "get",
                 source,
             })?;
         let status = d.and_then(|d| d.status).unwrap_or_default();
@@ -250,6 +258,7 @@ impl TrafficRouter for ReplicaRouter {
                 Err(source) => {
                     return Err(RouterError::Api {
                         what: format!("Deployment {name}"),
+                        verb: "patch",
                         source,
                     });
                 }

@@ -1,0 +1,213 @@
+//! What the planner decides on (`Observed` and its views), what it asks for (`Action`s and
+//! `Note`s) and the `Plan` that carries them.
+
+use kube::ResourceExt;
+
+use super::workload::{Arm, Artifact, Workload, artifact, fingerprint};
+use crate::analysis::run::Decision;
+use crate::api::release::{HistoryEntry, Release, ReleasePhase, ReleaseVerdict};
+use crate::api::rollout::{AnalysisSummary, RolloutStatus};
+
+/// The target Deployment as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetView {
+    /// `spec.replicas`; 0 once rollguard scaled it down.
+    pub replicas: i32,
+    /// The artifact its template declares, or why it is refused.
+    pub artifact: Result<Artifact, String>,
+    /// A fingerprint of its pod template, comparable with a Release's.
+    pub template: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReleaseView {
+    pub name: String,
+    pub digest: String,
+    pub phase: Option<ReleasePhase>,
+    /// A human lifted the Unstable verdict, with a reason.
+    pub overridden: bool,
+    pub verdict: Option<String>,
+    /// A fingerprint of the pod template the Release snapshotted.
+    pub template: Option<String>,
+}
+
+impl From<&Release> for ReleaseView {
+    /// What the planner reads of a Release: its digest, phase, verdict and template fingerprint.
+    fn from(r: &Release) -> ReleaseView {
+        let status = r.status.clone().unwrap_or_default();
+        ReleaseView {
+            name: r.name_any(),
+            digest: artifact(&r.spec.pod_template, false)
+                .map(|a| a.digest)
+                .unwrap_or_default(),
+            phase: status.phase,
+            overridden: status
+                .r#override
+                .is_some_and(|o| !o.reason.trim().is_empty()),
+            verdict: status.verdict.map(|v| v.reason),
+            template: Some(fingerprint(&r.spec.pod_template.to_string())),
+        }
+    }
+}
+
+/// The analysis run of the current canary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnalysisView {
+    pub decision: Decision,
+    pub summary: AnalysisSummary,
+    /// When a metric first measured Fail, unix seconds.
+    pub first_fail_at: Option<i64>,
+    /// Seconds until the next measurement is due: the earliest a verdict can change.
+    pub next_due_in: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestAction {
+    Promote,
+    Abort,
+    Pause,
+    Resume,
+    /// Close the open incidents of the last rollback: the root cause is understood.
+    Resolve,
+}
+
+impl std::fmt::Display for RequestAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestAction::Promote => "promote",
+            RequestAction::Abort => "abort",
+            RequestAction::Pause => "pause",
+            RequestAction::Resume => "resume",
+            RequestAction::Resolve => "resolve",
+        })
+    }
+}
+
+/// A manual request from the `rollguard.dev/request` annotation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub action: RequestAction,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Everything the machine decides on.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Unix seconds.
+    pub now: i64,
+    /// The Rollout's namespace: part of every incident's dedup key.
+    pub namespace: String,
+    pub generation: Option<i64>,
+    /// None: the target Deployment does not exist.
+    pub target: Option<TargetView>,
+    pub stable: Option<Workload>,
+    pub canary: Option<Workload>,
+    pub baseline: Option<Workload>,
+    pub releases: Vec<ReleaseView>,
+    pub analysis: Option<AnalysisView>,
+    /// Why the Rollout's analysis cannot start (a missing template, a refused argument, a query
+    /// that does not parse): the canary is held where it is until it can.
+    pub analysis_invalid: Option<String>,
+    /// The request annotation, or why it could not be read.
+    pub request: Option<Result<Request, InvalidRequest>>,
+}
+
+/// A request annotation that does not parse. It is warned about once: `id` is its text's
+/// fingerprint, acknowledged like a request's id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvalidRequest {
+    pub id: String,
+    pub why: String,
+}
+
+/// One thing for the controller to do. Each is idempotent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create (or keep) the arms' Services.
+    EnsureServices,
+    /// Create the Release from the target's current template, and give it `phase`.
+    CreateRelease {
+        name: String,
+        phase: ReleasePhase,
+    },
+    /// Run `release`'s pod template on the arm's Deployment at `replicas`.
+    ApplyArm {
+        arm: Arm,
+        release: String,
+        replicas: i32,
+    },
+    ScaleArm {
+        arm: Arm,
+        replicas: i32,
+    },
+    /// Scale the target Deployment to zero; rollguard's Deployments serve instead.
+    ScaleTarget,
+    /// Write the canary and baseline weights (the stable gets the rest), then read them back and
+    /// verify. Without a mesh: scale the canary and baseline, and verify the pod counts.
+    SetWeights {
+        canary: i32,
+        baseline: i32,
+    },
+    ReleasePhase {
+        release: String,
+        phase: ReleasePhase,
+        verdict: Option<ReleaseVerdict>,
+    },
+    ReleaseHistory {
+        release: String,
+        entry: HistoryEntry,
+    },
+    /// Forget the analysis run; the next canary starts a fresh one.
+    ResetAnalysis,
+    /// Delete Releases beyond the history limit, never an Unstable one a target refers to.
+    PruneReleases,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What to do now and what to record after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub status: RolloutStatus,
+    /// Kubernetes Events to publish once the status is recorded.
+    pub notes: Vec<Note>,
+    /// Reconcile again after this many seconds; 0: at once.
+    pub requeue_secs: u64,
+}
+
+/// What kind of failure stopped an action of a plan. The Rollout's condition and the retry
+/// policy act on the kind; the message says the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Refused by RBAC: retrying cannot help until someone grants the permission.
+    Permission,
+    /// Another writer, or an object by that name that is not rollguard's.
+    Conflict,
+    NotFound,
+    /// Refused as it is: a bad object or spec, a route rollguard cannot read.
+    Invalid,
+    /// Anything that may pass on its own: a timeout, a 5xx, a weight not yet read back.
+    Transient,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Permission => "permission",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Transient => "transient",
+        }
+    }
+}
