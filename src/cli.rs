@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::analysis::judge::Arm;
+use crate::analysis::judge::Side;
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::{Credentials, PrometheusSource};
 use crate::lint::Severity;
@@ -570,8 +570,8 @@ fn print_evidence(m: &Measurement, from: i64) {
         );
     }
     for (arm, counts) in [
-        (Arm::Canary, m.outcome.canary),
-        (Arm::Baseline, m.outcome.baseline),
+        (Side::Canary, m.outcome.canary),
+        (Side::Baseline, m.outcome.baseline),
     ] {
         if let Some(c) = counts {
             println!(

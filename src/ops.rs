@@ -13,9 +13,9 @@ use serde_json::json;
 
 use crate::api::Rollout;
 use crate::api::release::{HistoryEntry, Release, ReleasePhase};
-use crate::api::rollout::RolloutStatus;
-use crate::rollout::plan::{Request, RequestAction};
-use crate::rollout::workload::REQUEST_ANNOTATION;
+use crate::api::rollout::{IncidentKind, OutboxAction, OutboxEntry, RolloutStatus, Severity};
+use crate::rollout::plan::{ReleaseView, Request, RequestAction};
+use crate::rollout::workload::{REQUEST_ANNOTATION, short_digest};
 use crate::time::format_time;
 
 pub async fn client_and_namespace(namespace: Option<String>) -> anyhow::Result<(Client, String)> {
@@ -289,7 +289,7 @@ pub async fn incident(
     name: &str,
     release: Option<&str>,
 ) -> anyhow::Result<crate::escalation::incident::Incident> {
-    use crate::escalation::incident::{Sources, build, select};
+    use crate::escalation::incident::{Sources, build};
     let ro = Api::<Rollout>::namespaced(client.clone(), namespace)
         .get(name)
         .await
@@ -317,6 +317,73 @@ pub async fn incident(
     ))
 }
 
+/// The outbox entry `rollguard incident` reports: the rollback of the Release that `release`
+/// names (its name, digest or a digest prefix), or the latest rollback. A Release whose entry
+/// left the outbox long ago is reported from its own verdict.
+pub fn select(
+    namespace: &str,
+    rollout: &str,
+    status: &RolloutStatus,
+    releases: &[Release],
+    release: Option<&str>,
+) -> Result<OutboxEntry, String> {
+    let rollbacks = || {
+        status
+            .outbox
+            .iter()
+            .filter(|e| e.action == OutboxAction::Trigger && e.kind == IncidentKind::Rollback)
+    };
+    let Some(wanted) = release else {
+        return rollbacks().next_back().cloned().ok_or_else(|| {
+            format!(
+                "Rollout {namespace}/{rollout} has no rollback incident; `rollguard status {rollout}` shows its timeline"
+            )
+        });
+    };
+    let wanted = wanted.trim();
+    let matches = |name: &str, digest: &str| {
+        name == wanted
+            || digest == wanted
+            || digest.strip_prefix("sha256:").is_some_and(|hex| {
+                wanted.len() >= 7 && hex.starts_with(wanted.trim_start_matches("sha256:"))
+            })
+    };
+    if let Some(e) = rollbacks().rfind(|e| matches(&e.release, &e.to_digest)) {
+        return Ok(e.clone());
+    }
+    let r = releases
+        .iter()
+        .find(|r| {
+            let name = r.metadata.name.clone().unwrap_or_default();
+            matches(&name, &ReleaseView::from(*r).digest)
+        })
+        .ok_or_else(|| format!("no Release of Rollout {namespace}/{rollout} matches {wanted:?}"))?;
+    let name = r.metadata.name.clone().unwrap_or_default();
+    let verdict = r
+        .status
+        .as_ref()
+        .and_then(|s| s.verdict.as_ref())
+        .ok_or_else(|| format!("Release {name} was never rolled back (it has no verdict)"))?;
+    let digest = ReleaseView::from(r).digest;
+    Ok(OutboxEntry {
+        dedup_key: crate::rollout::incidents::dedup_key(namespace, rollout, &name),
+        action: OutboxAction::Trigger,
+        severity: Severity::Error,
+        title: format!(
+            "{namespace}/{rollout} rolled back {name} ({}): {}",
+            short_digest(&digest),
+            verdict.reason
+        ),
+        release: name,
+        from_digest: None,
+        to_digest: digest,
+        created_at: verdict.at.clone(),
+        kind: IncidentKind::Rollback,
+        state: crate::api::rollout::DeliveryState::Delivered,
+        deliveries: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +391,7 @@ mod tests {
         AnalysisSummary, MetricEvidence, ReleaseRef, RollbackStatus, RollbackStep, RolloutPhase,
         RolloutSpec, TimelineEntry,
     };
+    use crate::escalation::fixtures::{NEW, rollout_status};
 
     fn rollout(status: RolloutStatus) -> Rollout {
         let spec: RolloutSpec = serde_json::from_value(json!({
@@ -406,5 +474,34 @@ mod tests {
             r#"{"id":"abort-1","action":"abort","by":"alice","reason":"pager"}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).ok(), Some(r));
+    }
+
+    #[test]
+    fn the_incident_command_finds_a_rollback_by_name_digest_or_prefix() {
+        let (_, status, releases) = rollout_status();
+        let latest = select("shop", "checkout", &status, &releases, None).expect("latest");
+        assert_eq!(latest.release, "checkout-abcdef0123");
+        for by in ["checkout-abcdef0123", NEW, "abcdef01", "sha256:abcdef0123"] {
+            let e = select("shop", "checkout", &status, &releases, Some(by)).expect(by);
+            assert_eq!(e.release, "checkout-abcdef0123", "{by}");
+        }
+        // Not in the outbox any more: reported from the Release's verdict.
+        let empty = RolloutStatus::default();
+        let old = select("shop", "checkout", &empty, &releases, Some("abcdef0")).expect("old");
+        assert!(old.title.contains("from the Release"), "{}", old.title);
+        assert!(select("shop", "checkout", &empty, &releases, None).is_err());
+        let e = select(
+            "shop",
+            "checkout",
+            &empty,
+            &releases,
+            Some("checkout-0000000000"),
+        )
+        .expect_err("never rolled back");
+        assert!(e.contains("never rolled back"), "{e}");
+        assert!(
+            select("shop", "checkout", &empty, &releases, Some("ab")).is_err(),
+            "too short a prefix"
+        );
     }
 }

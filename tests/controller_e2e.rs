@@ -19,7 +19,7 @@ use kube::{Api, Client};
 use rollguard::api::release::{Release, ReleasePhase};
 use rollguard::api::rollout::{OutboxAction, RollbackStep, Rollout, RolloutPhase, RolloutStatus};
 use rollguard::traffic::router::MeshRouter;
-use rollguard::traffic::{Arms, RouteKind, TrafficRouter, Weights, weights};
+use rollguard::traffic::{Arms, RouteKind, Router, Weights, weights};
 use serde_json::{Value, json};
 
 const GOOD_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -32,7 +32,7 @@ const ERRORS: &str = r#"{"errorRate": 0.1, "errorCode": 503}"#;
 const SLOW: &str = r#"{"p50Ms": 200, "p99Ms": 1000}"#;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Router {
+enum Routing {
     Gateway,
     Istio,
     Smi,
@@ -48,7 +48,7 @@ enum Judgement {
 /// What a test's namespace holds: the router, what the template judges, the steps, and where
 /// the MetricProvider points.
 struct Scenario {
-    router: Router,
+    router: Routing,
     judgement: Judgement,
     steps: Value,
     post_promotion_window: Option<&'static str>,
@@ -63,7 +63,7 @@ struct Scenario {
 impl Default for Scenario {
     fn default() -> Self {
         Scenario {
-            router: Router::Gateway,
+            router: Routing::Gateway,
             judgement: Judgement::Errors,
             steps: json!([{"setWeight": 10, "duration": "4s"}, {"setWeight": 50, "duration": "4s"}]),
             post_promotion_window: None,
@@ -79,24 +79,24 @@ fn rg(kind: &str, plural: &str) -> ApiResource {
     core_resource("rollguard.dev/v1alpha1", kind, plural)
 }
 
-fn route_resource(router: Router) -> Option<ApiResource> {
+fn route_resource(router: Routing) -> Option<ApiResource> {
     match router {
-        Router::Gateway => Some(core_resource(
+        Routing::Gateway => Some(core_resource(
             "gateway.networking.k8s.io/v1",
             "HTTPRoute",
             "httproutes",
         )),
-        Router::Istio => Some(core_resource(
+        Routing::Istio => Some(core_resource(
             "networking.istio.io/v1",
             "VirtualService",
             "virtualservices",
         )),
-        Router::Smi => Some(core_resource(
+        Routing::Smi => Some(core_resource(
             "split.smi-spec.io/v1alpha4",
             "TrafficSplit",
             "trafficsplits",
         )),
-        Router::Replicas => None,
+        Routing::Replicas => None,
     }
 }
 
@@ -133,10 +133,10 @@ fn target(digest: &str, replicas: i32) -> Value {
 }
 
 /// The route object of each router, all traffic on stable, with 400 requests per second.
-fn route(router: Router) -> Option<Value> {
+fn route(router: Routing) -> Option<Value> {
     let rps = json!({"sim.rollguard.dev/rps": "400"});
     Some(match router {
-        Router::Gateway => json!({
+        Routing::Gateway => json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": "web", "annotations": rps},
             "spec": {
@@ -147,7 +147,7 @@ fn route(router: Router) -> Option<Value> {
                 ]}],
             },
         }),
-        Router::Istio => json!({
+        Routing::Istio => json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "web", "annotations": rps},
             "spec": {
@@ -158,7 +158,7 @@ fn route(router: Router) -> Option<Value> {
                 ]}],
             },
         }),
-        Router::Smi => json!({
+        Routing::Smi => json!({
             "apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
             "metadata": {"name": "web", "annotations": rps},
             "spec": {"service": "web", "backends": [
@@ -166,16 +166,16 @@ fn route(router: Router) -> Option<Value> {
                 {"service": "web-canary", "weight": 0},
             ]},
         }),
-        Router::Replicas => return None,
+        Routing::Replicas => return None,
     })
 }
 
-fn traffic_router(router: Router) -> Value {
+fn traffic_router(router: Routing) -> Value {
     match router {
-        Router::Gateway => json!({"gatewayAPI": {"httpRoute": "web"}}),
-        Router::Istio => json!({"istio": {"virtualService": "web"}}),
-        Router::Smi => json!({"smi": {"trafficSplit": "web"}}),
-        Router::Replicas => Value::Null,
+        Routing::Gateway => json!({"gatewayAPI": {"httpRoute": "web"}}),
+        Routing::Istio => json!({"istio": {"virtualService": "web"}}),
+        Routing::Smi => json!({"smi": {"trafficSplit": "web"}}),
+        Routing::Replicas => Value::Null,
     }
 }
 
@@ -184,7 +184,7 @@ fn traffic_router(router: Router) -> Value {
 struct Fixture {
     ns: TestNamespace,
     provider: String,
-    router: Router,
+    router: Routing,
     replicas: i32,
     rollouts: Api<Rollout>,
     deployments: Api<Deployment>,
@@ -204,7 +204,7 @@ impl Fixture {
         }))
         .await;
         // Without a mesh the canary's share is its share of pods: 9 stable pods make 10% one pod.
-        let replicas = if sc.router == Router::Replicas { 9 } else { 2 };
+        let replicas = if sc.router == Routing::Replicas { 9 } else { 2 };
         let fx = Fixture {
             rollouts: Api::namespaced(ns.client.clone(), &ns.name),
             deployments: Api::namespaced(ns.client.clone(), &ns.name),
@@ -220,7 +220,7 @@ impl Fixture {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
         });
-        if sc.router == Router::Replicas {
+        if sc.router == Routing::Replicas {
             service["metadata"]["annotations"] = json!({"sim.rollguard.dev/rps": "400"});
         }
         fx.ns
@@ -264,7 +264,7 @@ impl Fixture {
             "recoveryWindow": sc.recovery_window,
             "escalation": sc.escalation.clone().unwrap_or_else(|| json!({"receivers": ["pager"], "severity": "error"})),
         });
-        if sc.router != Router::Replicas {
+        if sc.router != Routing::Replicas {
             spec["trafficRouter"] = traffic_router(sc.router);
         }
         if let Some(w) = sc.post_promotion_window {
@@ -357,8 +357,8 @@ impl Fixture {
                 .expect("route");
         let v = serde_json::to_value(route).expect("json");
         let (backends, name_of): (&Value, fn(&Value) -> &Value) = match self.router {
-            Router::Gateway => (&v["spec"]["rules"][0]["backendRefs"], |b| &b["name"]),
-            Router::Istio => (
+            Routing::Gateway => (&v["spec"]["rules"][0]["backendRefs"], |b| &b["name"]),
+            Routing::Istio => (
                 &v["spec"]["http"][0]["route"],
                 |b| &b["destination"]["host"],
             ),
@@ -870,7 +870,7 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn every_router_promotes_a_healthy_canary_through_every_step() {
-    for router in [Router::Istio, Router::Smi, Router::Replicas] {
+    for router in [Routing::Istio, Routing::Smi, Routing::Replicas] {
         let sc = Scenario {
             router,
             steps: json!([{"setWeight": 10, "duration": "3s"}, {"setWeight": 30, "duration": "3s"},
@@ -888,7 +888,7 @@ async fn every_router_promotes_a_healthy_canary_through_every_step() {
             .map(|t| t.message.as_str())
             .collect();
         println!("{router:?}: {weights:?}");
-        if router == Router::Replicas {
+        if router == Routing::Replicas {
             assert_eq!(fx.replicas("web-stable").await, Some(9));
         }
         drop(controller);
@@ -1260,7 +1260,7 @@ async fn a_concurrent_route_writer_conflicts_and_keeps_its_fields() {
     let fx = Fixture::new("ctl-409", &sc).await;
     let _controller = fx.controller();
     fx.initialized().await;
-    let ar = route_resource(Router::Gateway).expect("route");
+    let ar = route_resource(Routing::Gateway).expect("route");
     let routes = Api::<DynamicObject>::namespaced_with(fx.ns.client.clone(), &fx.ns.name, &ar);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

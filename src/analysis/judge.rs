@@ -7,7 +7,7 @@
 //! | `errorRate` | requests and errors counters, each arm | the sequential share test on the increments |
 //! | `latency` | bucket counters, each arm | the share test above the baseline's boundaries |
 //!
-//! Judges are pure: they take answers and return an [`Outcome`]. Fetching is the engine's job.
+//! Judges are pure: they take answers and return an [`Finding`]. Fetching is the engine's job.
 
 use serde::Serialize;
 
@@ -23,16 +23,17 @@ pub type Answer = Result<Vec<Series>, SourceError>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Arm {
+/// The side of a comparison a query measures: the canary, or the baseline it is judged against.
+pub enum Side {
     Canary,
     Baseline,
 }
 
-impl std::fmt::Display for Arm {
+impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Arm::Canary => "canary",
-            Arm::Baseline => "baseline",
+            Side::Canary => "canary",
+            Side::Baseline => "baseline",
         })
     }
 }
@@ -80,7 +81,7 @@ pub struct Statistic {
 /// What one measurement of a judgment concluded.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Outcome {
+pub struct Finding {
     pub verdict: Verdict,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,9 +95,9 @@ pub struct Outcome {
     pub statistic: Option<Statistic>,
 }
 
-impl Outcome {
-    fn new(verdict: Verdict, reason: impl Into<String>) -> Outcome {
-        Outcome {
+impl Finding {
+    fn new(verdict: Verdict, reason: impl Into<String>) -> Finding {
+        Finding {
             verdict,
             reason: reason.into(),
             problem: None,
@@ -106,26 +107,26 @@ impl Outcome {
         }
     }
 
-    fn problem(problem: Problem, reason: impl Into<String>) -> Outcome {
-        Outcome {
+    fn problem(problem: Problem, reason: impl Into<String>) -> Finding {
+        Finding {
             problem: Some(problem),
-            ..Outcome::new(Verdict::Inconclusive, reason)
+            ..Finding::new(Verdict::Inconclusive, reason)
         }
     }
 
-    fn from_source(arm: Arm, role: Role, e: &SourceError) -> Outcome {
-        Outcome::problem(
+    fn from_source(arm: Side, role: Role, e: &SourceError) -> Finding {
+        Finding::problem(
             Problem::QueryFailed(e.to_string()),
             format!("{arm} {role} query failed: {e}"),
         )
     }
 
-    fn from_no_value(arm: Arm, e: &NoValue) -> Outcome {
+    fn from_no_value(arm: Side, e: &NoValue) -> Finding {
         let reason = format!("{arm}: {e}");
         match e {
-            NoValue::Empty | NoValue::NaN => Outcome::problem(Problem::NoData, reason),
+            NoValue::Empty | NoValue::NaN => Finding::problem(Problem::NoData, reason),
             NoValue::Several(_) | NoValue::Infinite(_) => {
-                Outcome::problem(Problem::QueryFailed(e.to_string()), reason)
+                Finding::problem(Problem::QueryFailed(e.to_string()), reason)
             }
         }
     }
@@ -167,12 +168,12 @@ impl Judge {
     }
 
     /// The queries of one measurement, in the order `observe` takes their answers.
-    pub fn queries<'a>(&'a self, metric: &'a Metric) -> Vec<(Arm, Role, &'a str)> {
+    pub fn queries<'a>(&'a self, metric: &'a Metric) -> Vec<(Side, Role, &'a str)> {
         match self {
-            Judge::Threshold(t) => vec![(Arm::Canary, Role::Value, t.query.as_str())],
+            Judge::Threshold(t) => vec![(Side::Canary, Role::Value, t.query.as_str())],
             Judge::Relative(r) => vec![
-                (Arm::Canary, Role::Value, r.query.as_str()),
-                (Arm::Baseline, Role::Value, r.query.as_str()),
+                (Side::Canary, Role::Value, r.query.as_str()),
+                (Side::Baseline, Role::Value, r.query.as_str()),
             ],
             Judge::ErrorRate(_) => {
                 let (requests, errors) = metric
@@ -180,28 +181,28 @@ impl Judge {
                     .as_ref()
                     .map_or(("", ""), |e| (e.requests.as_str(), e.errors.as_str()));
                 vec![
-                    (Arm::Canary, Role::Requests, requests),
-                    (Arm::Canary, Role::Errors, errors),
-                    (Arm::Baseline, Role::Requests, requests),
-                    (Arm::Baseline, Role::Errors, errors),
+                    (Side::Canary, Role::Requests, requests),
+                    (Side::Canary, Role::Errors, errors),
+                    (Side::Baseline, Role::Requests, requests),
+                    (Side::Baseline, Role::Errors, errors),
                 ]
             }
             Judge::Latency(_) => {
                 let buckets = metric.latency.as_ref().map_or("", |l| l.buckets.as_str());
                 vec![
-                    (Arm::Canary, Role::Buckets, buckets),
-                    (Arm::Baseline, Role::Buckets, buckets),
+                    (Side::Canary, Role::Buckets, buckets),
+                    (Side::Baseline, Role::Buckets, buckets),
                 ]
             }
         }
     }
 
     /// Takes the answers to [`Judge::queries`], in order.
-    pub fn observe(&mut self, roles: &[(Arm, Role)], answers: &[Answer]) -> Outcome {
+    pub fn observe(&mut self, roles: &[(Side, Role)], answers: &[Answer]) -> Finding {
         if let Some(((arm, role), Err(e))) = roles.iter().zip(answers).find(|(_, a)| a.is_err()) {
             // The counters of the other queries stay anchored where they were; the next good
             // measurement counts everything since then.
-            return Outcome::from_source(*arm, *role, e);
+            return Finding::from_source(*arm, *role, e);
         }
         let ok: Vec<&[Series]> = answers
             .iter()
@@ -214,7 +215,7 @@ impl Judge {
             Judge::Latency(l) => {
                 let t = l.observe(ok[0], ok[1]);
                 let (canary, baseline) = t.counts.unzip();
-                Outcome {
+                Finding {
                     verdict: t.verdict,
                     problem: t.no_data.then_some(Problem::NoData),
                     reason: t.reason,
@@ -231,10 +232,10 @@ impl Judge {
     }
 }
 
-fn threshold(t: &Threshold, canary: &[Series]) -> Outcome {
+fn threshold(t: &Threshold, canary: &[Series]) -> Finding {
     let value = match scalar(canary) {
         Ok(v) => v,
-        Err(e) => return Outcome::from_no_value(Arm::Canary, &e),
+        Err(e) => return Finding::from_no_value(Side::Canary, &e),
     };
     let statistic = |threshold: f64| {
         Some(Statistic {
@@ -246,17 +247,17 @@ fn threshold(t: &Threshold, canary: &[Series]) -> Outcome {
     if let Some(max) = t.max
         && value > max
     {
-        return Outcome {
+        return Finding {
             statistic: statistic(max),
-            ..Outcome::new(Verdict::Fail, format!("canary {value} is above max {max}"))
+            ..Finding::new(Verdict::Fail, format!("canary {value} is above max {max}"))
         };
     }
     if let Some(min) = t.min
         && value < min
     {
-        return Outcome {
+        return Finding {
             statistic: statistic(min),
-            ..Outcome::new(Verdict::Fail, format!("canary {value} is below min {min}"))
+            ..Finding::new(Verdict::Fail, format!("canary {value} is below min {min}"))
         };
     }
     let bounds = match (t.min, t.max) {
@@ -265,20 +266,20 @@ fn threshold(t: &Threshold, canary: &[Series]) -> Outcome {
         (None, Some(max)) => format!("at most {max}"),
         (None, None) => "unbounded".into(),
     };
-    Outcome {
+    Finding {
         statistic: statistic(t.max.or(t.min).unwrap_or(f64::NAN)),
-        ..Outcome::new(Verdict::Pass, format!("canary {value} is {bounds}"))
+        ..Finding::new(Verdict::Pass, format!("canary {value} is {bounds}"))
     }
 }
 
-fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Outcome {
+fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Finding {
     let c = match scalar(canary) {
         Ok(v) => v,
-        Err(e) => return Outcome::from_no_value(Arm::Canary, &e),
+        Err(e) => return Finding::from_no_value(Side::Canary, &e),
     };
     let b = match scalar(baseline) {
         Ok(v) => v,
-        Err(e) => return Outcome::from_no_value(Arm::Baseline, &e),
+        Err(e) => return Finding::from_no_value(Side::Baseline, &e),
     };
     let limit = b * r.max_ratio + r.max_delta;
     let statistic = Some(Statistic {
@@ -291,9 +292,9 @@ fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Outcome {
     } else {
         (Verdict::Pass, "within")
     };
-    Outcome {
+    Finding {
         statistic,
-        ..Outcome::new(
+        ..Finding::new(
             verdict,
             format!(
                 "canary {c} is {word} baseline {b} × {} + {} = {limit}",
@@ -325,13 +326,13 @@ impl ErrorRateJudge {
         c_err: &[Series],
         b_req: &[Series],
         b_err: &[Series],
-    ) -> Outcome {
+    ) -> Finding {
         let answers = [c_req, c_err, b_req, b_err];
         // Requests with no series is no data; errors with none means no error has happened
         // yet (a counter with a status-code label appears only once one has).
-        for (arm, a) in [(Arm::Canary, c_req), (Arm::Baseline, b_req)] {
+        for (arm, a) in [(Side::Canary, c_req), (Side::Baseline, b_req)] {
             if a.is_empty() {
-                return Outcome::from_no_value(arm, &NoValue::Empty);
+                return Finding::from_no_value(arm, &NoValue::Empty);
             }
         }
         let primed = self.trackers.iter().all(CounterTracker::primed);
@@ -342,7 +343,7 @@ impl ErrorRateJudge {
             .map(|(t, a)| t.advance(a))
             .collect();
         if !primed {
-            return Outcome::new(
+            return Finding::new(
                 Verdict::Inconclusive,
                 "first measurement: the counters are anchored, increments start with the next one",
             );
@@ -357,7 +358,7 @@ impl ErrorRateJudge {
             }
         };
         if !inc[0].is_clean() || !inc[2].is_clean() || inc[1].resets > 0 || inc[3].resets > 0 {
-            return Outcome::new(
+            return Finding::new(
                 Verdict::Inconclusive,
                 "a counter was reset or a series appeared: re-anchored, this interval is not counted",
             );
@@ -370,12 +371,12 @@ impl ErrorRateJudge {
             requests: inc[2].value,
             events: errors(3, b_err),
         };
-        for (arm, counts) in [(Arm::Canary, canary), (Arm::Baseline, baseline)] {
+        for (arm, counts) in [(Side::Canary, canary), (Side::Baseline, baseline)] {
             if counts.requests <= 0.0 {
-                return Outcome {
+                return Finding {
                     canary: Some(self.share.canary()),
                     baseline: Some(self.share.baseline()),
-                    ..Outcome::problem(
+                    ..Finding::problem(
                         Problem::NoData,
                         format!("no requests reached the {arm} since the last measurement"),
                     )
@@ -384,7 +385,7 @@ impl ErrorRateJudge {
         }
         self.share.observe(canary, baseline);
         let (verdict, reason) = self.share.verdict();
-        Outcome {
+        Finding {
             canary: Some(self.share.canary()),
             baseline: Some(self.share.baseline()),
             statistic: Some(Statistic {
@@ -392,7 +393,7 @@ impl ErrorRateJudge {
                 value: self.share.fail_statistic().max(-1e300),
                 threshold: (1.0 / self.share.config().alpha).ln(),
             }),
-            ..Outcome::new(verdict, reason)
+            ..Finding::new(verdict, reason)
         }
     }
 }
@@ -432,8 +433,8 @@ mod tests {
         serde_json::from_value(m).expect("metric")
     }
 
-    fn measure(judge: &mut Judge, m: &Metric, answers: Vec<Answer>) -> Outcome {
-        let roles: Vec<(Arm, Role)> = judge.queries(m).iter().map(|q| (q.0, q.1)).collect();
+    fn measure(judge: &mut Judge, m: &Metric, answers: Vec<Answer>) -> Finding {
+        let roles: Vec<(Side, Role)> = judge.queries(m).iter().map(|q| (q.0, q.1)).collect();
         judge.observe(&roles, &answers)
     }
 

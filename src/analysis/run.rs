@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::judge::{Answer, Arm, Judge, Outcome, Problem, Role};
+use super::judge::{Answer, Finding, Judge, Problem, Role, Side};
 use super::render::{Bindings, RenderError, bind_args, render, shift_back};
 use super::source::{MetricSource, SourceError};
 use super::verdict::Verdict;
@@ -75,7 +75,7 @@ pub struct Target {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryEvidence {
-    pub arm: Arm,
+    pub arm: Side,
     pub role: Role,
     pub promql: String,
     /// The value, when the answer was a single series.
@@ -94,7 +94,7 @@ pub struct Measurement {
     /// Unix seconds of the evaluation.
     pub at: i64,
     #[serde(flatten)]
-    pub outcome: Outcome,
+    pub outcome: Finding,
     pub queries: Vec<QueryEvidence>,
     pub critical: bool,
     pub dry_run: bool,
@@ -133,12 +133,12 @@ impl Decision {
 }
 
 /// A query of a metric as sent: the arm, what it measures, the PromQL.
-pub type RenderedQuery<'a> = (Arm, Role, &'a str);
+pub type RenderedQuery<'a> = (Side, Role, &'a str);
 
 struct MetricRun {
     metric: Metric,
     judge: Judge,
-    queries: Vec<(Arm, Role, String)>,
+    queries: Vec<(Side, Role, String)>,
     interval_secs: i64,
     last_at: Option<i64>,
     problems_in_a_row: u32,
@@ -175,8 +175,8 @@ impl AnalysisRun {
             for (arm, role, template) in judge.queries(metric) {
                 let bindings = Bindings {
                     arm: match arm {
-                        Arm::Canary => target.canary.clone(),
-                        Arm::Baseline => target.baseline.clone(),
+                        Side::Canary => target.canary.clone(),
+                        Side::Baseline => target.baseline.clone(),
                     },
                     namespace: target.namespace.clone(),
                     args: args.clone(),
@@ -184,7 +184,7 @@ impl AnalysisRun {
                 let path = || query_path(i, metric, role);
                 let mut promql = render(template, &bindings, &types)
                     .map_err(|e| ConfigError::render(path(), &e))?;
-                if let (Arm::Baseline, Some(seconds)) = (arm, target.baseline_offset) {
+                if let (Side::Baseline, Some(seconds)) = (arm, target.baseline_offset) {
                     promql = shift_back(&promql, seconds)
                         .map_err(|e| ConfigError::render(path(), &e))?;
                 }
@@ -285,8 +285,8 @@ impl AnalysisRun {
     /// Feeds the answers of metric `i`'s queries, measured at `at`, to its judge.
     pub fn record(&mut self, i: usize, answers: &[Answer], at: i64) -> Measurement {
         let m = &mut self.metrics[i];
-        let roles: Vec<(Arm, Role)> = m.queries.iter().map(|(a, r, _)| (*a, *r)).collect();
-        let mut outcome: Outcome = m.judge.observe(&roles, answers);
+        let roles: Vec<(Side, Role)> = m.queries.iter().map(|(a, r, _)| (*a, *r)).collect();
+        let mut outcome: Finding = m.judge.observe(&roles, answers);
         if outcome.problem == Some(Problem::NoData) && m.metric.on_no_data == NoDataAction::Fail {
             outcome.verdict = Verdict::Fail;
             outcome.reason = format!("no data, and onNoData is Fail: {}", outcome.reason);
@@ -442,14 +442,14 @@ mod tests {
         )
         .expect("run");
         let q = run.queries();
-        let rendered: Vec<(Arm, &str)> = q[0].1.iter().map(|r| (r.0, r.2)).collect();
+        let rendered: Vec<(Side, &str)> = q[0].1.iter().map(|r| (r.0, r.2)).collect();
         assert_eq!(
             rendered,
             [
-                (Arm::Canary, r#"sum(r{a="checkout-canary"})"#),
-                (Arm::Canary, r#"sum(e{a="checkout-canary"})"#),
-                (Arm::Baseline, r#"sum(r{a="checkout-canary"} offset 10m)"#),
-                (Arm::Baseline, r#"sum(e{a="checkout-canary"} offset 10m)"#),
+                (Side::Canary, r#"sum(r{a="checkout-canary"})"#),
+                (Side::Canary, r#"sum(e{a="checkout-canary"})"#),
+                (Side::Baseline, r#"sum(r{a="checkout-canary"} offset 10m)"#),
+                (Side::Baseline, r#"sum(e{a="checkout-canary"} offset 10m)"#),
             ]
         );
     }

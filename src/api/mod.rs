@@ -5,6 +5,7 @@ pub mod common;
 pub mod endpoints;
 pub mod release;
 pub mod rollout;
+pub mod rollout_status;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -11,7 +11,7 @@ use super::error::CannotStart;
 use super::metrics::Metrics;
 use crate::analysis::source::{MetricSource, Series, SourceError};
 
-use crate::analysis::judge::Arm as JudgeArm;
+use crate::analysis::judge::Side;
 use crate::analysis::provider::{allows, connect};
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::PrometheusSource;
@@ -294,8 +294,8 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
                 name: format!(
                     "{} {}",
                     match q.arm {
-                        JudgeArm::Canary => "canary",
-                        JudgeArm::Baseline => "baseline",
+                        Side::Canary => "canary",
+                        Side::Baseline => "baseline",
                     },
                     q.role
                 ),

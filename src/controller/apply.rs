@@ -19,7 +19,7 @@ use crate::rollout::workload::{
     ROLLOUT_LABEL, arm_deployment, arm_name, arm_service, artifact, controlled_by, prunable,
     service_ports,
 };
-use crate::traffic::router::{MeshRouter, ReplicaRouter, TrafficRouter};
+use crate::traffic::router::{MeshRouter, ReplicaRouter, Router};
 use crate::traffic::{Arms, RouteKind, Weights};
 
 const MANAGER: &str = "rollguard";

@@ -14,13 +14,13 @@ use super::context::{Context, key};
 use super::record::{publish_as, record};
 use crate::analysis::provider::read_secrets;
 use crate::api::Rollout;
-use crate::api::endpoints::{Receiver as ReceiverObject, namespace_allowed};
+use crate::api::endpoints::{Receiver, namespace_allowed};
 use crate::api::release::Release;
 use crate::escalation::incident::{Sources, build as incident};
 use crate::escalation::outbox::{
     anything_to_do, condition, delivery_id, due, next_due, record as note, skip_unrouted,
 };
-use crate::escalation::receiver::{Outcome, Receiver, build, referenced_secrets};
+use crate::escalation::receiver::{DeliveryResult, Notifier, build, referenced_secrets};
 use crate::escalation::send::post;
 use crate::rollout::set_condition;
 use crate::rollout::workload::ROLLOUT_LABEL;
@@ -32,18 +32,18 @@ async fn receiver(
     ctx: &Context,
     name: &str,
     namespace: &str,
-) -> Result<Box<dyn Receiver>, Outcome> {
-    let object = Api::<ReceiverObject>::all(ctx.client.clone())
+) -> Result<Box<dyn Notifier>, DeliveryResult> {
+    let object = Api::<Receiver>::all(ctx.client.clone())
         .get_opt(name)
         .await
-        .map_err(|e| Outcome::Retry(format!("Receiver {name}: reading it: {e}")))?
+        .map_err(|e| DeliveryResult::Retry(format!("Receiver {name}: reading it: {e}")))?
         .ok_or_else(|| {
-            Outcome::Retry(format!(
+            DeliveryResult::Retry(format!(
                 "Receiver {name} does not exist (spec.escalation.receivers names it)"
             ))
         })?;
     if !namespace_allowed(&object.spec.allowed_namespaces, namespace) {
-        return Err(Outcome::Refused(format!(
+        return Err(DeliveryResult::Refused(format!(
             "Receiver {name}: spec.allowedNamespaces does not include namespace {namespace}; \
              its owner must add it"
         )));
@@ -54,8 +54,8 @@ async fn receiver(
         referenced_secrets(&object.spec),
     )
     .await
-    .map_err(|e| Outcome::Retry(format!("Receiver {name}: {e}")))?;
-    build(name, &object.spec, &data, &ctx.settings.namespace).map_err(Outcome::Retry)
+    .map_err(|e| DeliveryResult::Retry(format!("Receiver {name}: {e}")))?;
+    build(name, &object.spec, &data, &ctx.settings.namespace).map_err(DeliveryResult::Retry)
 }
 
 /// Sends what is due for `ro` and records the outcomes. Returns the seconds until the next
@@ -81,7 +81,8 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, kub
         return Ok(None);
     }
     let namespace = ro.namespace().unwrap_or_default();
-    let mut receivers: BTreeMap<String, Result<Box<dyn Receiver>, Outcome>> = BTreeMap::new();
+    let mut receivers: BTreeMap<String, Result<Box<dyn Notifier>, DeliveryResult>> =
+        BTreeMap::new();
     for name in &names {
         receivers.insert(name.clone(), receiver(ctx, name, &namespace).await);
     }
@@ -120,10 +121,12 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, kub
                 match target {
                     Some(Ok(r)) => match r.request(&incident, &id, stamp, now) {
                         Some(req) => post(&ctx.http, r.as_ref(), req).await,
-                        None => Outcome::Skipped,
+                        None => DeliveryResult::Skipped,
                     },
                     Some(Err(outcome)) => outcome.clone(),
-                    None => Outcome::Retry(format!("Receiver {} was not loaded", d.receiver)),
+                    None => {
+                        DeliveryResult::Retry(format!("Receiver {} was not loaded", d.receiver))
+                    }
                 }
             }
         });
@@ -137,10 +140,10 @@ pub async fn deliver(ctx: &Context, ro: &mut Rollout) -> Result<Option<u64>, kub
                 .and_then(|x| x.last_error.clone());
             note(entry, &names, &d.receiver, &outcome, now);
             let (word, problem) = match &outcome {
-                Outcome::Delivered => ("delivered", None),
-                Outcome::Skipped => ("skipped", None),
-                Outcome::Retry(why) => ("retry", Some(why)),
-                Outcome::Refused(why) => ("refused", Some(why)),
+                DeliveryResult::Delivered => ("delivered", None),
+                DeliveryResult::Skipped => ("skipped", None),
+                DeliveryResult::Retry(why) => ("retry", Some(why)),
+                DeliveryResult::Refused(why) => ("refused", Some(why)),
             };
             ctx.metrics.escalation(&d.receiver, word);
             match problem {

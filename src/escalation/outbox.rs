@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::receiver::Outcome;
+use super::receiver::DeliveryResult;
 use crate::api::rollout::{Delivery, DeliveryState, IncidentKind, OutboxAction, OutboxEntry};
 use crate::rollout::workload::fingerprint;
 use crate::time::format_time;
@@ -162,7 +162,7 @@ pub fn record(
     entry: &mut OutboxEntry,
     receivers: &[String],
     receiver: &str,
-    outcome: &Outcome,
+    outcome: &DeliveryResult,
     now: i64,
 ) {
     let position = entry.deliveries.iter().position(|d| d.receiver == receiver);
@@ -180,17 +180,17 @@ pub fn record(
     d.attempts += 1;
     d.last_attempt_at = Some(format_time(now));
     match outcome {
-        Outcome::Delivered => {
+        DeliveryResult::Delivered => {
             d.state = DeliveryState::Delivered;
             d.delivered_at.get_or_insert_with(|| format_time(now));
             d.next_attempt_at = None;
             d.last_error = None;
         }
-        Outcome::Skipped => {
+        DeliveryResult::Skipped => {
             d.state = DeliveryState::Skipped;
             d.next_attempt_at = None;
         }
-        Outcome::Retry(why) => {
+        DeliveryResult::Retry(why) => {
             // A failed re-send leaves the receiver with what it has; the next re-send repairs it.
             if was != DeliveryState::Delivered {
                 d.state = DeliveryState::Pending;
@@ -198,7 +198,7 @@ pub fn record(
             }
             d.last_error = Some(crate::api::common::bounded(why));
         }
-        Outcome::Refused(why) => {
+        DeliveryResult::Refused(why) => {
             d.state = DeliveryState::Failed;
             d.next_attempt_at = None;
             d.last_error = Some(crate::api::common::bounded(why));
@@ -252,7 +252,7 @@ pub fn condition(outbox: &[OutboxEntry]) -> (bool, &'static str, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::escalation::incident::tests::entry;
+    use crate::escalation::fixtures::entry;
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| (*s).to_owned()).collect()
@@ -273,13 +273,19 @@ mod tests {
             Some(0),
             "due at once"
         );
-        record(&mut outbox[0], &rs, "pd", &Outcome::Delivered, 100);
+        record(&mut outbox[0], &rs, "pd", &DeliveryResult::Delivered, 100);
         assert_eq!(
             outbox[0].state,
             DeliveryState::Pending,
             "slack still owes it"
         );
-        record(&mut outbox[0], &rs, "slack", &Outcome::Delivered, 100);
+        record(
+            &mut outbox[0],
+            &rs,
+            "slack",
+            &DeliveryResult::Delivered,
+            100,
+        );
         assert_eq!(outbox[0].state, DeliveryState::Delivered);
         assert!(due(&outbox, &rs, &BTreeMap::new(), 1000).is_empty());
         assert_eq!(next_due(&outbox, &rs, &BTreeMap::new(), 1000), None);
@@ -296,7 +302,7 @@ mod tests {
                 &mut outbox[0],
                 &rs,
                 "pd",
-                &Outcome::Retry("HTTP 503".into()),
+                &DeliveryResult::Retry("HTTP 503".into()),
                 when,
             );
             let next = next_due(&outbox, &rs, &BTreeMap::new(), when).expect("retried");
@@ -312,7 +318,7 @@ mod tests {
             &mut outbox[0],
             &rs,
             "pd",
-            &Outcome::Refused("HTTP 400".into()),
+            &DeliveryResult::Refused("HTTP 400".into()),
             when,
         );
         assert_eq!(outbox[0].state, DeliveryState::Failed);
@@ -338,7 +344,7 @@ mod tests {
             &mut outbox[0],
             &rs,
             "pd",
-            &Outcome::Retry("down".into()),
+            &DeliveryResult::Retry("down".into()),
             101,
         );
         assert!(
@@ -347,7 +353,7 @@ mod tests {
         );
         let d = due(&outbox, &rs, &BTreeMap::new(), 103);
         assert_eq!(d.iter().map(|d| d.entry).collect::<Vec<_>>(), vec![0]);
-        record(&mut outbox[0], &rs, "pd", &Outcome::Delivered, 103);
+        record(&mut outbox[0], &rs, "pd", &DeliveryResult::Delivered, 103);
         let d = due(&outbox, &rs, &BTreeMap::new(), 103);
         assert_eq!(d.iter().map(|d| d.entry).collect::<Vec<_>>(), vec![1]);
     }
@@ -357,8 +363,8 @@ mod tests {
         let rs = names(&["am", "pd"]);
         let resend = BTreeMap::from([("am".to_owned(), 60)]);
         let mut outbox = vec![entry(OutboxAction::Trigger, &t(100))];
-        record(&mut outbox[0], &rs, "am", &Outcome::Delivered, 100);
-        record(&mut outbox[0], &rs, "pd", &Outcome::Delivered, 100);
+        record(&mut outbox[0], &rs, "am", &DeliveryResult::Delivered, 100);
+        record(&mut outbox[0], &rs, "pd", &DeliveryResult::Delivered, 100);
         assert!(due(&outbox, &rs, &resend, 159).is_empty());
         let d = due(&outbox, &rs, &resend, 160);
         assert_eq!(
@@ -375,12 +381,12 @@ mod tests {
             &mut outbox[0],
             &rs,
             "am",
-            &Outcome::Retry("cannot connect".into()),
+            &DeliveryResult::Retry("cannot connect".into()),
             160,
         );
         assert_eq!(outbox[0].state, DeliveryState::Delivered);
         assert!(!condition(&outbox).0);
-        record(&mut outbox[0], &rs, "am", &Outcome::Delivered, 220);
+        record(&mut outbox[0], &rs, "am", &DeliveryResult::Delivered, 220);
         assert!(condition(&outbox).0);
         outbox.push(entry(OutboxAction::Resolve, &t(230)));
         let d = due(&outbox, &rs, &resend, 1000);
@@ -402,18 +408,18 @@ mod tests {
         let rs = names(&["pd"]);
         let mut outbox = vec![entry(OutboxAction::Trigger, "a")];
         assert!(anything_to_do(&outbox), "pending");
-        record(&mut outbox[0], &rs, "pd", &Outcome::Delivered, 1);
+        record(&mut outbox[0], &rs, "pd", &DeliveryResult::Delivered, 1);
         assert!(
             anything_to_do(&outbox),
             "delivered but open: Alertmanager re-sends it"
         );
         let mut resolve = entry(OutboxAction::Resolve, "b");
-        record(&mut resolve, &rs, "pd", &Outcome::Delivered, 2);
+        record(&mut resolve, &rs, "pd", &DeliveryResult::Delivered, 2);
         outbox.push(resolve);
         assert!(!anything_to_do(&outbox), "resolved and delivered");
         let mut promoted = entry(OutboxAction::Trigger, "c");
         promoted.kind = IncidentKind::Promoted;
-        record(&mut promoted, &rs, "pd", &Outcome::Delivered, 3);
+        record(&mut promoted, &rs, "pd", &DeliveryResult::Delivered, 3);
         assert!(!anything_to_do(&[promoted]), "a promotion is never open");
     }
 
@@ -436,7 +442,7 @@ mod tests {
     fn skipped_everywhere_is_skipped() {
         let rs = names(&["slack"]);
         let mut e = entry(OutboxAction::Trigger, "a");
-        record(&mut e, &rs, "slack", &Outcome::Skipped, 1);
+        record(&mut e, &rs, "slack", &DeliveryResult::Skipped, 1);
         assert_eq!(e.state, DeliveryState::Skipped);
     }
 }

@@ -1,5 +1,5 @@
-//! The `Receiver` trait: from an incident to the HTTP request one receiver wants, and from its
-//! answer to an outcome. Both directions are pure; [`super::send`] does the I/O.
+//! The `Notifier` trait, one implementation per kind of Receiver object: from an incident to
+//! the HTTP request one receiver wants, and from its answer to a delivery result. Both directions are pure; [`super::send`] does the I/O.
 
 use crate::analysis::provider::SecretData;
 use crate::api::common::SecretKeyRef;
@@ -22,7 +22,7 @@ pub struct HttpRequest {
 
 /// How a delivery attempt ended.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub enum DeliveryResult {
     Delivered,
     /// The receiver has no use for this entry (a promotion on Slack, say).
     Skipped,
@@ -32,8 +32,8 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// An escalation endpoint.
-pub trait Receiver: Send + Sync {
+/// An escalation endpoint, built from a Receiver object and its Secrets.
+pub trait Notifier: Send + Sync {
     /// The Receiver object's name.
     fn name(&self) -> &str;
     /// The field holding the endpoint, for error messages: `spec.slack.webhookURL`.
@@ -53,15 +53,15 @@ pub trait Receiver: Send + Sync {
     ) -> Option<HttpRequest>;
     /// What an HTTP status means. 2xx is delivered; 429 and 5xx are retried; any other status is
     /// a refusal, named with the field most likely at fault.
-    fn outcome(&self, status: u16) -> Outcome {
+    fn outcome(&self, status: u16) -> DeliveryResult {
         match status {
-            200..=299 => Outcome::Delivered,
-            429 | 500..=599 => Outcome::Retry(format!(
+            200..=299 => DeliveryResult::Delivered,
+            429 | 500..=599 => DeliveryResult::Retry(format!(
                 "Receiver {}: {} answered HTTP {status}; retrying",
                 self.name(),
                 self.endpoint_field()
             )),
-            _ => Outcome::Refused(format!(
+            _ => DeliveryResult::Refused(format!(
                 "Receiver {}: {} refused the request with HTTP {status}; {}",
                 self.name(),
                 self.endpoint_field(),
@@ -88,7 +88,7 @@ pub struct Alertmanager {
     pub resend_secs: i64,
 }
 
-impl Receiver for Alertmanager {
+impl Notifier for Alertmanager {
     fn name(&self) -> &str {
         &self.name
     }
@@ -115,7 +115,7 @@ pub struct PagerDuty {
     pub routing_key: String,
 }
 
-impl Receiver for PagerDuty {
+impl Notifier for PagerDuty {
     fn name(&self) -> &str {
         &self.name
     }
@@ -149,7 +149,7 @@ pub struct Slack {
     pub webhook_url: String,
 }
 
-impl Receiver for Slack {
+impl Notifier for Slack {
     fn name(&self) -> &str {
         &self.name
     }
@@ -174,7 +174,7 @@ pub struct Webhook {
     pub keys: Vec<Vec<u8>>,
 }
 
-impl Receiver for Webhook {
+impl Notifier for Webhook {
     fn name(&self) -> &str {
         &self.name
     }
@@ -203,7 +203,7 @@ pub fn build(
     spec: &ReceiverSpec,
     secrets: &SecretData,
     namespace: &str,
-) -> Result<Box<dyn Receiver>, String> {
+) -> Result<Box<dyn Notifier>, String> {
     let secret = |field: &str, r: &SecretKeyRef| -> Result<String, String> {
         let data = secrets.get(&r.name).ok_or_else(|| {
             format!(
@@ -312,14 +312,14 @@ mod tests {
     use super::*;
     use crate::analysis::provider::tests::secrets;
     use crate::api::rollout::OutboxAction;
-    use crate::escalation::incident::tests::sample;
+    use crate::escalation::fixtures::sample;
 
     fn spec(mut v: serde_json::Value) -> ReceiverSpec {
         v["allowedNamespaces"] = serde_json::json!(["*"]);
         serde_json::from_value(v).expect("receiver spec")
     }
 
-    fn err(r: Result<Box<dyn Receiver>, String>) -> String {
+    fn err(r: Result<Box<dyn Notifier>, String>) -> String {
         match r {
             Ok(r) => panic!("{} built", r.name()),
             Err(e) => e,
@@ -444,11 +444,11 @@ mod tests {
             base: PAGERDUTY_EVENTS.into(),
             routing_key: "k".into(),
         };
-        assert_eq!(pd.outcome(202), Outcome::Delivered);
-        assert!(matches!(pd.outcome(429), Outcome::Retry(_)));
-        assert!(matches!(pd.outcome(503), Outcome::Retry(_)));
+        assert_eq!(pd.outcome(202), DeliveryResult::Delivered);
+        assert!(matches!(pd.outcome(429), DeliveryResult::Retry(_)));
+        assert!(matches!(pd.outcome(503), DeliveryResult::Retry(_)));
         match pd.outcome(400) {
-            Outcome::Refused(why) => {
+            DeliveryResult::Refused(why) => {
                 assert!(
                     why.starts_with(
                         "Receiver oncall: spec.pagerDuty.url refused the request with HTTP 400"
@@ -459,6 +459,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(pd.outcome(404), Outcome::Refused(_)));
+        assert!(matches!(pd.outcome(404), DeliveryResult::Refused(_)));
     }
 }

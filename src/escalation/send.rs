@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::receiver::{HttpRequest, Outcome, Receiver};
+use super::receiver::{DeliveryResult, HttpRequest, Notifier};
 
 /// How long one send may take before it counts as a network failure (and is retried).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,7 +20,11 @@ pub fn client() -> reqwest::Client {
 
 /// Sends `req` for `receiver` and says how it went. Response bodies are logged, never copied
 /// into status.
-pub async fn post(http: &reqwest::Client, receiver: &dyn Receiver, req: HttpRequest) -> Outcome {
+pub async fn post(
+    http: &reqwest::Client,
+    receiver: &dyn Notifier,
+    req: HttpRequest,
+) -> DeliveryResult {
     let mut builder = http.post(&req.url).body(req.body);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
@@ -29,7 +33,7 @@ pub async fn post(http: &reqwest::Client, receiver: &dyn Receiver, req: HttpRequ
         Ok(response) => {
             let status = response.status().as_u16();
             let outcome = receiver.outcome(status);
-            if !matches!(outcome, Outcome::Delivered) {
+            if !matches!(outcome, DeliveryResult::Delivered) {
                 let body = first_bytes(response, 500).await;
                 tracing::warn!(
                     receiver = receiver.name(),
@@ -49,7 +53,7 @@ pub async fn post(http: &reqwest::Client, receiver: &dyn Receiver, req: HttpRequ
                 "request failed".to_owned()
             };
             tracing::warn!(receiver = receiver.name(), error = %loggable(e), "escalation not sent");
-            Outcome::Retry(format!(
+            DeliveryResult::Retry(format!(
                 "Receiver {}: {}: {why}; retrying",
                 receiver.name(),
                 receiver.endpoint_field()

@@ -322,7 +322,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::escalation::incident::tests::sample;
+    use crate::escalation::fixtures::sample;
 
     #[test]
     fn alertmanager_labels_identify_and_annotations_explain() {

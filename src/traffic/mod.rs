@@ -5,5 +5,5 @@ pub mod router;
 pub mod weights;
 
 pub use route::{Backend, RouteError, RouteKind, RouteRule};
-pub use router::{RouterError, TrafficRouter};
+pub use router::{Router, RouterError};
 pub use weights::{Arms, Weights};

@@ -41,7 +41,7 @@ pub enum RouterError {
 }
 
 /// Sets traffic weights and says what is in effect.
-pub trait TrafficRouter {
+pub trait Router {
     /// The weights in effect now.
     fn weights(&self) -> impl Future<Output = Result<Weights, RouterError>> + Send;
     /// Writes `desired`, reads it back, and returns it once verified.
@@ -110,7 +110,7 @@ fn is_conflict(e: &kube::Error) -> bool {
     }
 }
 
-impl TrafficRouter for MeshRouter {
+impl Router for MeshRouter {
     async fn weights(&self) -> Result<Weights, RouterError> {
         let object = self.object().await?;
         weights::read(self.kind, &object, &self.arms).map_err(|e| self.route_error(e))
@@ -222,7 +222,7 @@ impl ReplicaRouter {
     }
 }
 
-impl TrafficRouter for ReplicaRouter {
+impl Router for ReplicaRouter {
     async fn weights(&self) -> Result<Weights, RouterError> {
         let (_, stable) = self.ready(&self.stable).await?;
         let (canary_pods, _) = self.ready(&self.canary).await?;

@@ -1,0 +1,352 @@
+//! `Rollout` status: the phase, the canary and stable Releases, the analysis evidence, the
+//! rollback saga, the outbox of incidents and the timeline.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, Severity};
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum RolloutPhase {
+    #[default]
+    Initializing,
+    Stable,
+    Progressing,
+    Paused,
+    Promoting,
+    RollingBack,
+    RolledBack,
+    Blocked,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// Why the Rollout is in its phase, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Index of the step in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<i32>,
+    /// The canary weight last written and verified on the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<ReleaseRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<ReleaseRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Replicas the target declared before rollguard scaled it to zero: the stable size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// When the current step's weight was verified (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    /// When the canary was started (RFC 3339); the progress deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_started_at: Option<String>,
+    /// A human's pause, until `rollguard resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// The last manual request (`rollguard.dev/request` annotation) acted on, by its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_request: Option<String>,
+    /// The stable Release before the last promotion: what a failed post-promotion window
+    /// restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_stable: Option<ReleaseRef>,
+    /// End of the post-promotion window (RFC 3339), while it lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_until: Option<String>,
+    /// The latest analysis verdicts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSummary>,
+    /// The rollback saga: each step is recorded here before the next one starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+    /// Incidents waiting for (or handed to) escalation, one per dedup key and action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub outbox: Vec<OutboxEntry>,
+    /// What happened, oldest first; the last 64 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// The analysis run's decision and each metric's latest measurement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSummary {
+    /// Running, Pass, Fail or Inconclusive.
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When a metric first measured Fail in this run (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_fail_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricEvidence>,
+}
+
+/// One measurement as a human would redo it: the queries and values, the counts, the test and
+/// the verdict.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricEvidence {
+    pub metric: String,
+    pub verdict: String,
+    pub reason: String,
+    /// RFC 3339 time of the measurement.
+    pub at: String,
+    /// e.g. `canary 12/1500, baseline 9/13400`: events over requests per arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<String>,
+    /// e.g. `ln e = 5.2 ≥ 4.6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<QueryValue>,
+    /// Address of the Prometheus that answered, for graph links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub critical: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryValue {
+    /// `canary requests`, `baseline errors`, …
+    pub name: String,
+    pub promql: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The steps of the rollback saga, in order.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum RollbackStep {
+    /// Canary and baseline weights to 0, read back and verified.
+    #[default]
+    ZeroWeights,
+    /// The stable Deployment has the replicas for all the traffic.
+    EnsureStableCapacity,
+    /// The stable digest is back on `<name>-stable`; canary and baseline are scaled to 0.
+    RestoreStable,
+    /// The Release is Unstable, with its evidence.
+    MarkUnstable,
+    /// The incident is in the outbox.
+    Escalate,
+    /// The stable serves, healthy, for the recovery window.
+    VerifyRecovery,
+    Done,
+}
+
+impl RollbackStep {
+    /// The saga's steps in the order they run; `Done` follows the last.
+    pub const ORDER: [RollbackStep; 6] = [
+        RollbackStep::ZeroWeights,
+        RollbackStep::EnsureStableCapacity,
+        RollbackStep::RestoreStable,
+        RollbackStep::MarkUnstable,
+        RollbackStep::Escalate,
+        RollbackStep::VerifyRecovery,
+    ];
+
+    pub fn next(self) -> RollbackStep {
+        let at = RollbackStep::ORDER.iter().position(|s| *s == self);
+        at.and_then(|i| RollbackStep::ORDER.get(i + 1))
+            .copied()
+            .unwrap_or(RollbackStep::Done)
+    }
+}
+
+impl std::fmt::Display for RollbackStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// The Release being rolled back.
+    pub release: String,
+    pub digest: String,
+    /// Why: the failing metric and its reason, or who aborted.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// The step to do next; `Done` when the saga finished.
+    pub step: RollbackStep,
+    /// Steps finished, each with its time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed: Vec<SagaRecord>,
+    pub started_at: String,
+    /// The first failing measurement (RFC 3339), when a metric triggered the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breach_at: Option<String>,
+    /// When zero canary weight was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_zero_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<String>,
+    /// The last time the restored stable measured worse than before the rollout; the recovery
+    /// window starts again from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_recovered_at: Option<String>,
+    /// Failed attempts of the current step.
+    #[serde(default)]
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The evidence that triggered the rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<MetricEvidence>,
+    /// The Release had been judged Unstable before and a human lifted the verdict: this
+    /// rollback is its second, escalated at critical as an incident of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaRecord {
+    pub step: RollbackStep,
+    pub at: String,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum OutboxAction {
+    /// Open (or re-send) the incident.
+    #[default]
+    Trigger,
+    /// The service recovered: close it.
+    Resolve,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum DeliveryState {
+    /// Not yet accepted by every receiver; retried with backoff.
+    #[default]
+    Pending,
+    /// Every receiver accepted it (or had no use for it).
+    Delivered,
+    /// A receiver refused it (HTTP 4xx other than 429); it is not retried.
+    Failed,
+    /// The receiver has no use for this kind of entry (e.g. a promotion on Slack).
+    Skipped,
+}
+
+/// What an outbox entry is about.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum IncidentKind {
+    /// An automatic (or manual) rollback.
+    #[default]
+    Rollback,
+    /// A rollback step kept failing: traffic may not be where it should be.
+    RollbackIncomplete,
+    /// The rollback finished but the service did not come back to its pre-rollout baseline.
+    NotRecovered,
+    /// The target declares a digest whose Release is Unstable; nothing was canaried.
+    Blocked,
+    /// A release was promoted: a change event, not a problem.
+    Promoted,
+}
+
+/// One receiver's side of an outbox entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub receiver: String,
+    pub state: DeliveryState,
+    #[serde(default)]
+    pub attempts: i32,
+    /// The last send (RFC 3339); Alertmanager re-sends an open incident from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    /// When a Pending delivery is tried again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// Why the last attempt failed, naming the Receiver's field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// An incident handed to escalation. The dedup key is the same across restarts, so a receiver
+/// sees one incident however often the entry is sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxEntry {
+    pub dedup_key: String,
+    pub action: OutboxAction,
+    pub severity: Severity,
+    pub title: String,
+    /// The Release rolled back; its status holds the evidence.
+    pub release: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_digest: Option<String>,
+    pub to_digest: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub kind: IncidentKind,
+    /// Pending until every receiver delivered it; Failed when one refused it.
+    #[serde(default)]
+    pub state: DeliveryState,
+    /// Each receiver's delivery, written as it happens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub at: String,
+    /// A short CamelCase word: CanaryStarted, StepAdvanced, Promoted, RollbackStarted, …
+    pub reason: String,
+    pub message: String,
+}
+
+/// A Release as the Rollout's status points at it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRef {
+    pub release: String,
+    /// `sha256:…` of the primary container's image.
+    pub digest: String,
+    /// The first 12 hex digits, for printer columns.
+    pub short_digest: String,
+}
