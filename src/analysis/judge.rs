@@ -7,7 +7,7 @@
 //! | `errorRate` | requests and errors counters, each arm | the sequential share test on the increments |
 //! | `latency` | bucket counters, each arm | the share test above the baseline's boundaries |
 //!
-//! Judges are pure: they take answers and return an [`Finding`]. Fetching is the engine's job.
+//! Judges are pure: they take answers and return an [`Judgment`]. Fetching is the engine's job.
 
 use serde::Serialize;
 
@@ -81,7 +81,7 @@ pub struct Statistic {
 /// What one measurement of a judgment concluded.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Finding {
+pub struct Judgment {
     pub verdict: Verdict,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,9 +95,9 @@ pub struct Finding {
     pub statistic: Option<Statistic>,
 }
 
-impl Finding {
-    fn new(verdict: Verdict, reason: impl Into<String>) -> Finding {
-        Finding {
+impl Judgment {
+    fn new(verdict: Verdict, reason: impl Into<String>) -> Judgment {
+        Judgment {
             verdict,
             reason: reason.into(),
             problem: None,
@@ -107,26 +107,26 @@ impl Finding {
         }
     }
 
-    fn problem(problem: Problem, reason: impl Into<String>) -> Finding {
-        Finding {
+    fn problem(problem: Problem, reason: impl Into<String>) -> Judgment {
+        Judgment {
             problem: Some(problem),
-            ..Finding::new(Verdict::Inconclusive, reason)
+            ..Judgment::new(Verdict::Inconclusive, reason)
         }
     }
 
-    fn from_source(arm: Side, role: Role, e: &SourceError) -> Finding {
-        Finding::problem(
+    fn from_source(arm: Side, role: Role, e: &SourceError) -> Judgment {
+        Judgment::problem(
             Problem::QueryFailed(e.to_string()),
             format!("{arm} {role} query failed: {e}"),
         )
     }
 
-    fn from_no_value(arm: Side, e: &NoValue) -> Finding {
+    fn from_no_value(arm: Side, e: &NoValue) -> Judgment {
         let reason = format!("{arm}: {e}");
         match e {
-            NoValue::Empty | NoValue::NaN => Finding::problem(Problem::NoData, reason),
+            NoValue::Empty | NoValue::NaN => Judgment::problem(Problem::NoData, reason),
             NoValue::Several(_) | NoValue::Infinite(_) => {
-                Finding::problem(Problem::QueryFailed(e.to_string()), reason)
+                Judgment::problem(Problem::QueryFailed(e.to_string()), reason)
             }
         }
     }
@@ -198,11 +198,11 @@ impl Judge {
     }
 
     /// Takes the answers to [`Judge::queries`], in order.
-    pub fn observe(&mut self, roles: &[(Side, Role)], answers: &[Answer]) -> Finding {
+    pub fn observe(&mut self, roles: &[(Side, Role)], answers: &[Answer]) -> Judgment {
         if let Some(((arm, role), Err(e))) = roles.iter().zip(answers).find(|(_, a)| a.is_err()) {
             // The counters of the other queries stay anchored where they were; the next good
             // measurement counts everything since then.
-            return Finding::from_source(*arm, *role, e);
+            return Judgment::from_source(*arm, *role, e);
         }
         let ok: Vec<&[Series]> = answers
             .iter()
@@ -215,7 +215,7 @@ impl Judge {
             Judge::Latency(l) => {
                 let t = l.observe(ok[0], ok[1]);
                 let (canary, baseline) = t.counts.unzip();
-                Finding {
+                Judgment {
                     verdict: t.verdict,
                     problem: t.no_data.then_some(Problem::NoData),
                     reason: t.reason,
@@ -232,10 +232,10 @@ impl Judge {
     }
 }
 
-fn threshold(t: &Threshold, canary: &[Series]) -> Finding {
+fn threshold(t: &Threshold, canary: &[Series]) -> Judgment {
     let value = match scalar(canary) {
         Ok(v) => v,
-        Err(e) => return Finding::from_no_value(Side::Canary, &e),
+        Err(e) => return Judgment::from_no_value(Side::Canary, &e),
     };
     let statistic = |threshold: f64| {
         Some(Statistic {
@@ -247,17 +247,17 @@ fn threshold(t: &Threshold, canary: &[Series]) -> Finding {
     if let Some(max) = t.max
         && value > max
     {
-        return Finding {
+        return Judgment {
             statistic: statistic(max),
-            ..Finding::new(Verdict::Fail, format!("canary {value} is above max {max}"))
+            ..Judgment::new(Verdict::Fail, format!("canary {value} is above max {max}"))
         };
     }
     if let Some(min) = t.min
         && value < min
     {
-        return Finding {
+        return Judgment {
             statistic: statistic(min),
-            ..Finding::new(Verdict::Fail, format!("canary {value} is below min {min}"))
+            ..Judgment::new(Verdict::Fail, format!("canary {value} is below min {min}"))
         };
     }
     let bounds = match (t.min, t.max) {
@@ -266,20 +266,20 @@ fn threshold(t: &Threshold, canary: &[Series]) -> Finding {
         (None, Some(max)) => format!("at most {max}"),
         (None, None) => "unbounded".into(),
     };
-    Finding {
+    Judgment {
         statistic: statistic(t.max.or(t.min).unwrap_or(f64::NAN)),
-        ..Finding::new(Verdict::Pass, format!("canary {value} is {bounds}"))
+        ..Judgment::new(Verdict::Pass, format!("canary {value} is {bounds}"))
     }
 }
 
-fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Finding {
+fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Judgment {
     let c = match scalar(canary) {
         Ok(v) => v,
-        Err(e) => return Finding::from_no_value(Side::Canary, &e),
+        Err(e) => return Judgment::from_no_value(Side::Canary, &e),
     };
     let b = match scalar(baseline) {
         Ok(v) => v,
-        Err(e) => return Finding::from_no_value(Side::Baseline, &e),
+        Err(e) => return Judgment::from_no_value(Side::Baseline, &e),
     };
     let limit = b * r.max_ratio + r.max_delta;
     let statistic = Some(Statistic {
@@ -292,9 +292,9 @@ fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Finding {
     } else {
         (Verdict::Pass, "within")
     };
-    Finding {
+    Judgment {
         statistic,
-        ..Finding::new(
+        ..Judgment::new(
             verdict,
             format!(
                 "canary {c} is {word} baseline {b} × {} + {} = {limit}",
@@ -326,13 +326,13 @@ impl ErrorRateJudge {
         c_err: &[Series],
         b_req: &[Series],
         b_err: &[Series],
-    ) -> Finding {
+    ) -> Judgment {
         let answers = [c_req, c_err, b_req, b_err];
         // Requests with no series is no data; errors with none means no error has happened
         // yet (a counter with a status-code label appears only once one has).
         for (arm, a) in [(Side::Canary, c_req), (Side::Baseline, b_req)] {
             if a.is_empty() {
-                return Finding::from_no_value(arm, &NoValue::Empty);
+                return Judgment::from_no_value(arm, &NoValue::Empty);
             }
         }
         let primed = self.trackers.iter().all(CounterTracker::primed);
@@ -343,7 +343,7 @@ impl ErrorRateJudge {
             .map(|(t, a)| t.advance(a))
             .collect();
         if !primed {
-            return Finding::new(
+            return Judgment::new(
                 Verdict::Inconclusive,
                 "first measurement: the counters are anchored, increments start with the next one",
             );
@@ -358,7 +358,7 @@ impl ErrorRateJudge {
             }
         };
         if !inc[0].is_clean() || !inc[2].is_clean() || inc[1].resets > 0 || inc[3].resets > 0 {
-            return Finding::new(
+            return Judgment::new(
                 Verdict::Inconclusive,
                 "a counter was reset or a series appeared: re-anchored, this interval is not counted",
             );
@@ -373,10 +373,10 @@ impl ErrorRateJudge {
         };
         for (arm, counts) in [(Side::Canary, canary), (Side::Baseline, baseline)] {
             if counts.requests <= 0.0 {
-                return Finding {
+                return Judgment {
                     canary: Some(self.share.canary()),
                     baseline: Some(self.share.baseline()),
-                    ..Finding::problem(
+                    ..Judgment::problem(
                         Problem::NoData,
                         format!("no requests reached the {arm} since the last measurement"),
                     )
@@ -385,7 +385,7 @@ impl ErrorRateJudge {
         }
         self.share.observe(canary, baseline);
         let (verdict, reason) = self.share.verdict();
-        Finding {
+        Judgment {
             canary: Some(self.share.canary()),
             baseline: Some(self.share.baseline()),
             statistic: Some(Statistic {
@@ -393,7 +393,7 @@ impl ErrorRateJudge {
                 value: self.share.fail_statistic().max(-1e300),
                 threshold: (1.0 / self.share.config().alpha).ln(),
             }),
-            ..Finding::new(verdict, reason)
+            ..Judgment::new(verdict, reason)
         }
     }
 }
@@ -433,7 +433,7 @@ mod tests {
         serde_json::from_value(m).expect("metric")
     }
 
-    fn measure(judge: &mut Judge, m: &Metric, answers: Vec<Answer>) -> Finding {
+    fn measure(judge: &mut Judge, m: &Metric, answers: Vec<Answer>) -> Judgment {
         let roles: Vec<(Side, Role)> = judge.queries(m).iter().map(|q| (q.0, q.1)).collect();
         judge.observe(&roles, &answers)
     }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::judge::{Answer, Finding, Judge, Problem, Role, Side};
+use super::judge::{Answer, Judge, Judgment, Problem, Role, Side};
 use super::render::{Bindings, RenderError, bind_args, render, shift_back};
 use super::source::{MetricSource, SourceError};
 use super::verdict::Verdict;
@@ -94,7 +94,7 @@ pub struct Measurement {
     /// Unix seconds of the evaluation.
     pub at: i64,
     #[serde(flatten)]
-    pub outcome: Finding,
+    pub outcome: Judgment,
     pub queries: Vec<QueryEvidence>,
     pub critical: bool,
     pub dry_run: bool,
@@ -286,7 +286,7 @@ impl AnalysisRun {
     pub fn record(&mut self, i: usize, answers: &[Answer], at: i64) -> Measurement {
         let m = &mut self.metrics[i];
         let roles: Vec<(Side, Role)> = m.queries.iter().map(|(a, r, _)| (*a, *r)).collect();
-        let mut outcome: Finding = m.judge.observe(&roles, answers);
+        let mut outcome: Judgment = m.judge.observe(&roles, answers);
         if outcome.problem == Some(Problem::NoData) && m.metric.on_no_data == NoDataAction::Fail {
             outcome.verdict = Verdict::Fail;
             outcome.reason = format!("no data, and onNoData is Fail: {}", outcome.reason);

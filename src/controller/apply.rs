@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
@@ -11,29 +11,28 @@ use super::context::Context;
 use super::error::ActionError;
 use super::history::record_history;
 use crate::api::Rollout;
-use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
+use crate::api::release::Release;
 use crate::api::rollout::BaselineMode;
 use crate::rollout::plan::{Action, ErrorKind};
 use crate::rollout::workload::Arm;
 use crate::rollout::workload::{
-    ROLLOUT_LABEL, arm_deployment, arm_name, arm_service, artifact, controlled_by, prunable,
-    service_ports,
+    arm_deployment, arm_name, arm_service, controlled_by, service_ports,
 };
-use crate::traffic::router::{MeshRouter, ReplicaRouter, Router};
-use crate::traffic::{Arms, RouteKind, Weights};
+use crate::traffic::router::{AnyRouter, Router};
+use crate::traffic::{Arms, Weights};
 
 const MANAGER: &str = "rollguard";
 
 pub struct Applier<'a> {
-    ctx: &'a Context,
-    ro: &'a Rollout,
-    ns: String,
-    name: String,
+    pub(super) ctx: &'a Context,
+    pub(super) ro: &'a Rollout,
+    pub(super) ns: String,
+    pub(super) name: String,
     /// The plan asked to forget the analysis run.
     pub reset: bool,
 }
 
-fn owner(ro: &Rollout, controller: bool) -> Value {
+pub(super) fn owner(ro: &Rollout, controller: bool) -> Value {
     json!({
         "apiVersion": "rollguard.dev/v1alpha1",
         "kind": "Rollout",
@@ -59,11 +58,11 @@ impl<'a> Applier<'a> {
         }
     }
 
-    fn deployments(&self) -> Api<Deployment> {
+    pub(super) fn deployments(&self) -> Api<Deployment> {
         Api::namespaced(self.ctx.client.clone(), &self.ns)
     }
 
-    fn releases(&self) -> Api<Release> {
+    pub(super) fn releases(&self) -> Api<Release> {
         Api::namespaced(self.ctx.client.clone(), &self.ns)
     }
 
@@ -115,11 +114,17 @@ impl<'a> Applier<'a> {
 
     /// The apiserver refused `verb` on `object`; `doing` words it for the message (`scaling
     /// Deployment web-canary to 3`).
-    fn refused(&self, e: &kube::Error, verb: &str, object: &str, doing: &str) -> ActionError {
+    pub(super) fn refused(
+        &self,
+        e: &kube::Error,
+        verb: &str,
+        object: &str,
+        doing: &str,
+    ) -> ActionError {
         ActionError::kube(e, verb, object, &self.ns, doing)
     }
 
-    async fn target(&self) -> Result<Deployment, ActionError> {
+    pub(super) async fn target(&self) -> Result<Deployment, ActionError> {
         let t = format!("Deployment {}", self.ro.spec.target_ref.name);
         self.deployments()
             .get(&self.ro.spec.target_ref.name)
@@ -157,114 +162,6 @@ impl<'a> Applier<'a> {
                 })?;
         }
         Ok(())
-    }
-
-    async fn create_release(&self, name: &str, phase: ReleasePhase) -> Result<(), ActionError> {
-        let target = self.target().await?;
-        let template_meta = target
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.clone())
-            .unwrap_or_default();
-        let template =
-            serde_json::to_value(target.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
-        let a = artifact(&template, self.ro.spec.require_digest).map_err(|why| {
-            ActionError::new(
-                ErrorKind::Invalid,
-                format!("Deployment {}", self.ro.spec.target_ref.name),
-                why,
-            )
-            .on_field("spec.template")
-        })?;
-        let labels = template_meta.labels.unwrap_or_default();
-        let version = ["app.kubernetes.io/version", "version"]
-            .iter()
-            .find_map(|k| labels.get(*k).cloned());
-        let change_cause = target
-            .annotations()
-            .get("kubernetes.io/change-cause")
-            .cloned();
-        let mut release = Release::new(
-            name,
-            ReleaseSpec {
-                rollout: self.name.clone(),
-                images: a
-                    .images
-                    .iter()
-                    .map(|(c, i)| ContainerImage {
-                        container: c.clone(),
-                        image: i.clone(),
-                    })
-                    .collect(),
-                allow_tags: !self.ro.spec.require_digest,
-                pod_template: template,
-                version,
-                change_cause,
-            },
-        );
-        release.metadata.namespace = Some(self.ns.clone());
-        release.metadata.labels = Some([(ROLLOUT_LABEL.to_owned(), self.name.clone())].into());
-        release.metadata.owner_references = Some(vec![
-            serde_json::from_value(owner(self.ro, false)).map_err(|e| {
-                ActionError::new(ErrorKind::Invalid, format!("Release {name}"), e.to_string())
-                    .on_field("metadata.ownerReferences")
-            })?,
-        ]);
-        match self
-            .releases()
-            .create(&PostParams::default(), &release)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => {
-                let object = format!("Release {name}");
-                return Err(self.refused(&e, "create", &object, &format!("creating {object}")));
-            }
-        }
-        self.release_phase(name, phase, None).await
-    }
-
-    async fn release_phase(
-        &self,
-        name: &str,
-        phase: ReleasePhase,
-        verdict: Option<&crate::api::release::ReleaseVerdict>,
-    ) -> Result<(), ActionError> {
-        let api = self.releases();
-        let object = format!("Release {name}");
-        let current = api
-            .get(name)
-            .await
-            .map_err(|e| self.refused(&e, "get", &object, &object))?;
-        let status = current.status.unwrap_or_default();
-        if status.phase == Some(phase) && (verdict.is_none() || status.verdict.as_ref() == verdict)
-        {
-            return Ok(());
-        }
-        let mut body = json!({"status": {"phase": phase}});
-        if phase == ReleasePhase::Unstable {
-            // A new verdict: the override that lifted an earlier one no longer applies.
-            body["status"]["override"] = Value::Null;
-        }
-        if let Some(v) = verdict {
-            body["status"]["verdict"] = serde_json::to_value(v).map_err(|e| {
-                ActionError::new(ErrorKind::Invalid, object.clone(), e.to_string())
-                    .on_field("status.verdict")
-            })?;
-        }
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(body))
-            .await
-            .map(drop)
-            .map_err(|e| {
-                self.refused(
-                    &e,
-                    "patch",
-                    &object,
-                    &format!("moving {object} to {phase:?}"),
-                )
-                .on_field("status.phase")
-            })
     }
 
     async fn apply_arm(&self, arm: Arm, release: &str, replicas: i32) -> Result<(), ActionError> {
@@ -404,80 +301,23 @@ impl<'a> Applier<'a> {
     }
 
     async fn set_weights(&self, desired: Weights) -> Result<(), ActionError> {
-        let client = self.ctx.client.clone();
-        let router = self.ro.spec.traffic_router.as_ref();
-        let route = router.and_then(|r| {
-            r.gateway_api
-                .as_ref()
-                .map(|g| (RouteKind::HttpRoute, g.http_route.clone()))
-                .or_else(|| {
-                    r.istio
-                        .as_ref()
-                        .map(|i| (RouteKind::VirtualService, i.virtual_service.clone()))
-                })
-                .or_else(|| {
-                    r.smi
-                        .as_ref()
-                        .map(|s| (RouteKind::TrafficSplit, s.traffic_split.clone()))
-                })
-        });
-        let result = match route {
-            Some((kind, name)) => {
-                MeshRouter::new(client, &self.ns, kind, &name, self.arms())
-                    .set(desired)
-                    .await
-            }
-            None => {
-                let stable = self
-                    .ro
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .unwrap_or(1);
-                ReplicaRouter::new(client, &self.ns, &self.arms(), stable)
-                    .set(desired)
-                    .await
-            }
-        };
-        result
+        let stable = self
+            .ro
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        let router = AnyRouter::for_rollout(
+            self.ctx.client.clone(),
+            &self.ns,
+            self.ro.spec.traffic_router.as_ref(),
+            self.arms(),
+            stable,
+        );
+        router
+            .set(desired)
+            .await
             .map(drop)
             .map_err(|e| ActionError::from_router(e, &self.ns))
-    }
-
-    /// Deletes what [`prunable`] says: past `historyLimit`, never one the status points at,
-    /// never an Unstable one.
-    async fn prune(&self) -> Result<(), ActionError> {
-        let api = self.releases();
-        let mut list = api
-            .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", self.name)))
-            .await
-            .map_err(|e| self.refused(&e, "list", "Releases", "listing Releases"))?
-            .items;
-        list.sort_by_key(|r| std::cmp::Reverse(r.creation_timestamp().map(|t| t.0)));
-        let status = self.ro.status.clone().unwrap_or_default();
-        let pinned: Vec<String> = [status.stable, status.canary, status.previous_stable]
-            .into_iter()
-            .flatten()
-            .map(|r| r.release)
-            .collect();
-        let newest_first: Vec<(String, Option<ReleasePhase>)> = list
-            .iter()
-            .map(|r| (r.name_any(), r.status.as_ref().and_then(|s| s.phase)))
-            .collect();
-        let keep = self.ro.spec.history_limit.max(1) as usize;
-        for name in prunable(&newest_first, &pinned, keep) {
-            api.delete(name, &DeleteParams::default())
-                .await
-                .map(drop)
-                .or_else(|e| match e {
-                    kube::Error::Api(s) if s.code == 404 => Ok(()),
-                    e => {
-                        let object = format!("Release {name}");
-                        Err(self.refused(&e, "delete", &object, &format!("pruning {object}")))
-                    }
-                })?;
-            tracing::info!(release = %name, "pruned beyond historyLimit");
-        }
-        Ok(())
     }
 }

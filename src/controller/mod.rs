@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 mod reconcile;
 mod record;
+mod releases;
 
 use std::sync::{Arc, Mutex};
 

@@ -9,8 +9,10 @@ use kube::core::DynamicObject;
 use kube::{Api, Client};
 use serde_json::json;
 
+use super::kinds::named_route;
 use super::route::{RouteError, RouteKind};
 use super::weights::{self, Arms, Weights};
+use crate::api::rollout::TrafficRouter;
 use crate::rollout::workload::{canary_replicas, replica_weight};
 
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +286,52 @@ impl Router for ReplicaRouter {
                 });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The router a Rollout's spec calls for: the route its `trafficRouter` names, or replica
+/// counts when it names none.
+pub enum AnyRouter {
+    Mesh(MeshRouter),
+    Replicas(ReplicaRouter),
+}
+
+impl AnyRouter {
+    /// `stable_replicas` is the stable's size, from which the replica router derives shares.
+    pub fn for_rollout(
+        client: Client,
+        namespace: &str,
+        spec: Option<&TrafficRouter>,
+        arms: Arms,
+        stable_replicas: i32,
+    ) -> AnyRouter {
+        match named_route(spec) {
+            Some((kind, name)) => {
+                AnyRouter::Mesh(MeshRouter::new(client, namespace, kind, &name, arms))
+            }
+            None => AnyRouter::Replicas(ReplicaRouter::new(
+                client,
+                namespace,
+                &arms,
+                stable_replicas,
+            )),
+        }
+    }
+}
+
+impl Router for AnyRouter {
+    async fn weights(&self) -> Result<Weights, RouterError> {
+        match self {
+            AnyRouter::Mesh(r) => r.weights().await,
+            AnyRouter::Replicas(r) => r.weights().await,
+        }
+    }
+
+    async fn set(&self, desired: Weights) -> Result<Weights, RouterError> {
+        match self {
+            AnyRouter::Mesh(r) => r.set(desired).await,
+            AnyRouter::Replicas(r) => r.set(desired).await,
         }
     }
 }

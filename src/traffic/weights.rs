@@ -146,7 +146,7 @@ pub fn patch(
     for rule in arms.rules(&rules)? {
         let current = arms.weight(rule, None);
         // SMI weights are relative: keep the rule's scale. The others are percentages.
-        let total = if kind == RouteKind::TrafficSplit && current > 0 {
+        let total = if kind.relative_weights() && current > 0 {
             current
         } else {
             100

@@ -1,16 +1,17 @@
 //! The command line shared by the `rollguard` binary and its `kubectl rollguard` plugin form.
 
+mod args;
+mod backtest;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::analysis::judge::Side;
-use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
-use crate::analysis::source::{Credentials, PrometheusSource};
-use crate::lint::Severity;
+use crate::lint::Level;
 use crate::rollout::plan::RequestAction;
-use crate::time::{format_time, parse_time};
+pub use args::Output;
+pub use backtest::BacktestArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "rollguard", version, about, propagate_version = true)]
@@ -159,61 +160,6 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct BacktestArgs {
-    /// Prometheus base URL; it answers for every provider the template names.
-    #[arg(long)]
-    prometheus: String,
-    /// The YAML file holding the template.
-    #[arg(long)]
-    template: PathBuf,
-    /// Which template of the file, when it holds several.
-    #[arg(long)]
-    name: Option<String>,
-    /// A template argument, `name=value`. Repeat for more.
-    #[arg(long = "arg", value_parser = parse_key_value)]
-    args: Vec<(String, String)>,
-    /// The namespace `{{namespace}}` stands for.
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    /// The Rollout's name: the arms are `<rollout>-canary` and `<rollout>-stable`.
-    #[arg(long, required_unless_present_all = ["canary", "baseline"])]
-    rollout: Option<String>,
-    /// The Deployment `{{arm}}` names for the canary (default `<rollout>-canary`).
-    #[arg(long)]
-    canary: Option<String>,
-    /// The Deployment `{{arm}}` names for the baseline (default `<rollout>-stable`).
-    #[arg(long)]
-    baseline: Option<String>,
-    /// Start: RFC 3339, unix seconds, or `now-1h`.
-    #[arg(long)]
-    from: String,
-    /// End: RFC 3339, unix seconds, or `now`.
-    #[arg(long, default_value = "now")]
-    to: String,
-    /// How often the controller evaluates; each metric is measured on its own interval.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    step: std::time::Duration,
-    /// Per-query timeout.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    timeout: std::time::Duration,
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    output: Output,
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("{s:?} is not name=value"))
-}
-
 /// Parses the arguments and runs the command; `main` of both binaries.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -233,7 +179,7 @@ pub fn run() -> anyhow::Result<()> {
             .enable_all()
             .build()
             .context("starting the runtime")?
-            .block_on(backtest(*args)),
+            .block_on(backtest::backtest(*args)),
         Command::Controller(args) => {
             let log = init_logs(args.log_format);
             runtime(true)?.block_on(crate::controller::run(
@@ -377,14 +323,14 @@ fn send(a: RequestArgs, action: RequestAction) -> anyhow::Result<()> {
 /// Prints the findings; returns whether there were no errors.
 fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
     let reports = crate::lint::lint_files(files);
-    let count = |s: Severity| {
+    let count = |s: Level| {
         reports
             .iter()
             .flat_map(|r| &r.findings)
             .filter(|f| f.severity == s)
             .count()
     };
-    let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
+    let (errors, warnings) = (count(Level::Error), count(Level::Warning));
     let templates: usize = reports.iter().map(|r| r.templates).sum();
     match output {
         Output::Json => println!(
@@ -407,195 +353,6 @@ fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
         }
     }
     Ok(errors == 0)
-}
-
-async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
-    let now = crate::time::unix_now();
-    let from = parse_time(&a.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
-    let to = parse_time(&a.to, now).map_err(|e| anyhow::anyhow!("--to {e}"))?;
-    anyhow::ensure!(
-        from <= to,
-        "--from {} is after --to {}",
-        format_time(from),
-        format_time(to)
-    );
-    let step = a.step.as_secs().max(1) as i64;
-    anyhow::ensure!(
-        (to - from) / step <= 100_000,
-        "{} evaluations; use a larger --step or a shorter range",
-        (to - from) / step
-    );
-    let templates = crate::templates::load(&a.template)?;
-    let template = match &a.name {
-        Some(name) => templates
-            .iter()
-            .find(|t| &t.name == name)
-            .with_context(|| format!("{}: no template named {name:?}", a.template.display()))?,
-        None => match templates.as_slice() {
-            [one] => one,
-            [] => anyhow::bail!("{}: no AnalysisTemplate in the file", a.template.display()),
-            many => anyhow::bail!(
-                "{}: {} templates ({}); choose one with --name",
-                a.template.display(),
-                many.len(),
-                many.iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
-    };
-    let arm = |given: &Option<String>, suffix: &str| {
-        given
-            .clone()
-            .or_else(|| a.rollout.as_ref().map(|r| format!("{r}-{suffix}")))
-            .unwrap_or_default()
-    };
-    let target = Target {
-        namespace: a.namespace.clone(),
-        canary: arm(&a.canary, "canary"),
-        baseline: arm(&a.baseline, "stable"),
-        baseline_offset: None,
-        args: a.args.clone(),
-    };
-    let mut run = AnalysisRun::new(&template.spec, &target)
-        .map_err(|e| anyhow::anyhow!("{}: spec.{e}", a.template.display()))?;
-    let source = PrometheusSource::new(&a.prometheus, a.timeout, &Credentials::default())
-        .map_err(|e| anyhow::anyhow!("--prometheus: {e}"))?;
-    let text = a.output == Output::Text;
-    if text {
-        println!(
-            "backtest of {} {:?}: {} → {}, every {}s ({} evaluations)",
-            template.kind,
-            template.name,
-            format_time(from),
-            format_time(to),
-            step,
-            (to - from) / step + 1
-        );
-        println!(
-            "canary {:?}, baseline {:?}, namespace {:?}\n",
-            target.canary, target.baseline, target.namespace
-        );
-        println!("{:<22}{:<22}{:<14}REASON", "TIME", "METRIC", "VERDICT");
-    }
-    let total = (to - from) / step + 1;
-    let mut timeline = crate::backtest::Timeline::default();
-    let mut seen = 0i64;
-    let report = crate::backtest::replay(
-        &template.name,
-        &mut run,
-        &source,
-        from,
-        to,
-        step,
-        |m, decision| {
-            seen += 1;
-            if text {
-                if timeline.is_change(m) {
-                    println!(
-                        "{:<22}{:<22}{:<14}{}",
-                        format_time(m.at),
-                        m.metric,
-                        m.outcome.verdict.to_string(),
-                        m.outcome.reason
-                    );
-                }
-                if let Some(d) = decision {
-                    println!(
-                        "{:<22}{:<22}{:<14}{}",
-                        format_time(m.at),
-                        "→ decision",
-                        d.name(),
-                        describe(d)
-                    );
-                }
-            } else if seen % 500 == 0 {
-                eprintln!("{seen} measurements made ({total} evaluations in all)");
-            }
-        },
-    )
-    .await;
-    if !text {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!();
-    match &report.first_fail {
-        None => println!(
-            "no Fail over {} measurements; final decision: {}",
-            report.measurements.len(),
-            report
-                .decisions
-                .last()
-                .map_or("Running", |d| d.decision.name())
-        ),
-        Some(m) => print_evidence(m, from),
-    }
-    Ok(())
-}
-
-fn describe(d: &Decision) -> String {
-    match d {
-        Decision::Running => "collecting evidence".into(),
-        Decision::Pass => "every metric passes".into(),
-        Decision::Fail {
-            metric, critical, ..
-        } => format!(
-            "{metric} fails{}",
-            if *critical {
-                " (critical: roll back now)"
-            } else {
-                ""
-            }
-        ),
-        Decision::Inconclusive { metric, action, .. } => {
-            format!("{metric} cannot be measured: {action:?}")
-        }
-    }
-}
-
-fn print_evidence(m: &Measurement, from: i64) {
-    println!(
-        "first Fail: {} ({}s after the start), metric {:?}",
-        format_time(m.at),
-        m.at - from,
-        m.metric
-    );
-    println!("  reason:    {}", m.outcome.reason);
-    if let Some(s) = &m.outcome.statistic {
-        println!(
-            "  statistic: {} = {:.3} against {:.3}",
-            s.name, s.value, s.threshold
-        );
-    }
-    for (arm, counts) in [
-        (Side::Canary, m.outcome.canary),
-        (Side::Baseline, m.outcome.baseline),
-    ] {
-        if let Some(c) = counts {
-            println!(
-                "  {arm:<9}  {} requests, {} events ({})",
-                c.requests,
-                c.events,
-                c.rate()
-                    .map_or("n/a".into(), |r| format!("{:.3}%", r * 100.0))
-            );
-        }
-    }
-    for q in &m.queries {
-        let value = match (&q.error, q.value) {
-            (Some(e), _) => format!("error: {e}"),
-            (None, Some(v)) => format!("= {v}"),
-            (None, None) => format!("{} series", q.series),
-        };
-        println!(
-            "  {:<9} {:<9} {}  {value}",
-            q.arm.to_string(),
-            q.role.to_string(),
-            q.promql
-        );
-    }
 }
 
 fn print_crds(dirs: Vec<PathBuf>) -> anyhow::Result<()> {

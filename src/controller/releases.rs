@@ -1,0 +1,163 @@
+//! The actions on Releases: create one from the target's template, move its phase, and prune
+//! those beyond the history limit.
+
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::apply::{Applier, owner};
+use super::error::ActionError;
+use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
+use crate::rollout::plan::ErrorKind;
+use crate::rollout::workload::{ROLLOUT_LABEL, artifact, prunable};
+
+impl Applier<'_> {
+    pub(super) async fn create_release(
+        &self,
+        name: &str,
+        phase: ReleasePhase,
+    ) -> Result<(), ActionError> {
+        let target = self.target().await?;
+        let template_meta = target
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.clone())
+            .unwrap_or_default();
+        let template =
+            serde_json::to_value(target.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
+        let a = artifact(&template, self.ro.spec.require_digest).map_err(|why| {
+            ActionError::new(
+                ErrorKind::Invalid,
+                format!("Deployment {}", self.ro.spec.target_ref.name),
+                why,
+            )
+            .on_field("spec.template")
+        })?;
+        let labels = template_meta.labels.unwrap_or_default();
+        let version = ["app.kubernetes.io/version", "version"]
+            .iter()
+            .find_map(|k| labels.get(*k).cloned());
+        let change_cause = target
+            .annotations()
+            .get("kubernetes.io/change-cause")
+            .cloned();
+        let mut release = Release::new(
+            name,
+            ReleaseSpec {
+                rollout: self.name.clone(),
+                images: a
+                    .images
+                    .iter()
+                    .map(|(c, i)| ContainerImage {
+                        container: c.clone(),
+                        image: i.clone(),
+                    })
+                    .collect(),
+                allow_tags: !self.ro.spec.require_digest,
+                pod_template: template,
+                version,
+                change_cause,
+            },
+        );
+        release.metadata.namespace = Some(self.ns.clone());
+        release.metadata.labels = Some([(ROLLOUT_LABEL.to_owned(), self.name.clone())].into());
+        release.metadata.owner_references = Some(vec![
+            serde_json::from_value(owner(self.ro, false)).map_err(|e| {
+                ActionError::new(ErrorKind::Invalid, format!("Release {name}"), e.to_string())
+                    .on_field("metadata.ownerReferences")
+            })?,
+        ]);
+        match self
+            .releases()
+            .create(&PostParams::default(), &release)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                let object = format!("Release {name}");
+                return Err(self.refused(&e, "create", &object, &format!("creating {object}")));
+            }
+        }
+        self.release_phase(name, phase, None).await
+    }
+
+    pub(super) async fn release_phase(
+        &self,
+        name: &str,
+        phase: ReleasePhase,
+        verdict: Option<&crate::api::release::ReleaseVerdict>,
+    ) -> Result<(), ActionError> {
+        let api = self.releases();
+        let object = format!("Release {name}");
+        let current = api
+            .get(name)
+            .await
+            .map_err(|e| self.refused(&e, "get", &object, &object))?;
+        let status = current.status.unwrap_or_default();
+        if status.phase == Some(phase) && (verdict.is_none() || status.verdict.as_ref() == verdict)
+        {
+            return Ok(());
+        }
+        let mut body = json!({"status": {"phase": phase}});
+        if phase == ReleasePhase::Unstable {
+            // A new verdict: the override that lifted an earlier one no longer applies.
+            body["status"]["override"] = Value::Null;
+        }
+        if let Some(v) = verdict {
+            body["status"]["verdict"] = serde_json::to_value(v).map_err(|e| {
+                ActionError::new(ErrorKind::Invalid, object.clone(), e.to_string())
+                    .on_field("status.verdict")
+            })?;
+        }
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(body))
+            .await
+            .map(drop)
+            .map_err(|e| {
+                self.refused(
+                    &e,
+                    "patch",
+                    &object,
+                    &format!("moving {object} to {phase:?}"),
+                )
+                .on_field("status.phase")
+            })
+    }
+
+    /// Deletes what [`prunable`] says: past `historyLimit`, never one the status points at,
+    /// never an Unstable one.
+    pub(super) async fn prune(&self) -> Result<(), ActionError> {
+        let api = self.releases();
+        let mut list = api
+            .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", self.name)))
+            .await
+            .map_err(|e| self.refused(&e, "list", "Releases", "listing Releases"))?
+            .items;
+        list.sort_by_key(|r| std::cmp::Reverse(r.creation_timestamp().map(|t| t.0)));
+        let status = self.ro.status.clone().unwrap_or_default();
+        let pinned: Vec<String> = [status.stable, status.canary, status.previous_stable]
+            .into_iter()
+            .flatten()
+            .map(|r| r.release)
+            .collect();
+        let newest_first: Vec<(String, Option<ReleasePhase>)> = list
+            .iter()
+            .map(|r| (r.name_any(), r.status.as_ref().and_then(|s| s.phase)))
+            .collect();
+        let keep = self.ro.spec.history_limit.max(1) as usize;
+        for name in prunable(&newest_first, &pinned, keep) {
+            api.delete(name, &DeleteParams::default())
+                .await
+                .map(drop)
+                .or_else(|e| match e {
+                    kube::Error::Api(s) if s.code == 404 => Ok(()),
+                    e => {
+                        let object = format!("Release {name}");
+                        Err(self.refused(&e, "delete", &object, &format!("pruning {object}")))
+                    }
+                })?;
+            tracing::info!(release = %name, "pruned beyond historyLimit");
+        }
+        Ok(())
+    }
+}
