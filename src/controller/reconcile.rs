@@ -99,7 +99,14 @@ async fn passes(ro: &mut Rollout, ctx: &Context) -> Result<Duration, Error> {
         if result.is_ok() {
             for note in &plan.notes {
                 tracing::info!(rollout = %key(ro), reason = %note.reason, "{}", note.message);
-                publish(ctx, ro, note.warning, &note.reason, &note.message).await;
+                publish(
+                    ctx,
+                    ro,
+                    note.warning,
+                    &note.reason.to_string(),
+                    &note.message,
+                )
+                .await;
             }
         }
         result.map_err(Error::Apply)?;

@@ -1,6 +1,6 @@
 //! A running canary: its arms, its steps and their weights, and when a step may be left.
 
-use super::plan::Action;
+use super::plan::{Action, Reason};
 use super::planner::{Planner, failing, set_condition};
 use super::workload::{Arm, Artifact, Workload, canary_replicas, short_digest};
 use crate::analysis::run::Decision;
@@ -54,7 +54,7 @@ impl Planner<'_> {
             .unwrap_or_default();
         self.note(
             false,
-            "CanaryStarted",
+            Reason::CanaryStarted,
             format!(
                 "canary {} ({}) started next to stable {from}",
                 r.release, r.short_digest
@@ -160,7 +160,7 @@ impl Planner<'_> {
         });
         if let Some(message) = inconclusive {
             if self.phase() != RolloutPhase::Paused {
-                self.note(true, "AnalysisInconclusive", message.clone());
+                self.note(true, Reason::AnalysisInconclusive, message.clone());
             }
             self.set_phase(RolloutPhase::Paused, message);
             return;
@@ -175,7 +175,7 @@ impl Planner<'_> {
         if self.phase() == RolloutPhase::Paused
             && self.current_step().is_none_or(|s| s.pause.is_none())
         {
-            self.timeline("Resumed", "the analysis measures again");
+            self.timeline(Reason::Resumed, "the analysis measures again");
         }
         self.status.phase = Some(RolloutPhase::Progressing);
         let Some(step) = self.current_step().cloned() else {
@@ -207,7 +207,7 @@ impl Planner<'_> {
                 self.status.message = Some(format!("step {i}: canary at {w}%"));
                 self.note(
                     false,
-                    "WeightSet",
+                    Reason::WeightSet,
                     format!("step {i}: canary weight {w}% written and verified"),
                 );
                 return;
@@ -239,7 +239,7 @@ impl Planner<'_> {
                     if self.phase() != RolloutPhase::Paused {
                         self.note(
                             false,
-                            "Paused",
+                            Reason::Paused,
                             format!("step {i}: paused until `rollguard resume`"),
                         );
                     }
@@ -314,7 +314,7 @@ impl Planner<'_> {
                     now,
                 );
                 self.timeline(
-                    "AnalysisStarted",
+                    Reason::AnalysisStarted,
                     "the analysis runs; the canary is judged again",
                 );
             }
@@ -326,7 +326,7 @@ impl Planner<'_> {
              {why}"
         );
         if !flagged {
-            self.note(true, "AnalysisInvalid", message.clone());
+            self.note(true, Reason::AnalysisInvalid, message.clone());
         }
         set_condition(
             &mut self.status,
@@ -347,10 +347,10 @@ impl Planner<'_> {
         self.status.step_started_at = None;
         if i as usize >= self.spec.steps.len() {
             self.set_phase(RolloutPhase::Promoting, "every step passed; promoting");
-            self.timeline("StepsPassed", "every step passed; promoting");
+            self.timeline(Reason::StepsPassed, "every step passed; promoting");
         } else {
             self.timeline(
-                "StepAdvanced",
+                Reason::StepAdvanced,
                 &format!("step {i} of {}", self.spec.steps.len()),
             );
         }
@@ -370,7 +370,7 @@ impl Planner<'_> {
         self.status.canary_weight = Some(0);
         self.status.current_step = None;
         self.status.step_started_at = None;
-        self.note(false, "CanaryWithdrawn", message.to_owned());
+        self.note(false, Reason::CanaryWithdrawn, message.to_owned());
         self.set_phase(RolloutPhase::Stable, message);
         self.requeue = 0;
     }
@@ -483,8 +483,8 @@ mod tests {
             assert_eq!(plan.status.phase, Some(RolloutPhase::Paused));
             assert!(plan.status.message.as_deref().unwrap_or("").contains(why));
             assert_eq!(held(&plan).map(|c| c.message.as_str()), Some(why));
-            let notes: Vec<_> = plan.notes.iter().map(|n| n.reason.as_str()).collect();
-            assert_eq!(notes, ["AnalysisInvalid"]);
+            let notes: Vec<_> = plan.notes.iter().map(|n| n.reason).collect();
+            assert_eq!(notes, [Reason::AnalysisInvalid]);
             // Still broken on the next reconcile: held, with no second Event.
             let again = decide("c", &sp, &plan.status, &o);
             assert!(again.notes.is_empty() && held(&again).is_some());

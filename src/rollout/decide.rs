@@ -2,7 +2,7 @@
 //! to record when a plan's action failed.
 
 use super::incidents::{dedup_key, enqueue, incident, qualified, resolve_where};
-use super::plan::{Action, ErrorKind, Observed, Plan};
+use super::plan::{Action, ErrorKind, Observed, Plan, Reason};
 use super::planner::{Planner, push_timeline, set_condition};
 use super::workload::{REQUEST_ANNOTATION, short_digest};
 use crate::api::common::bounded;
@@ -90,7 +90,7 @@ pub fn failed(
         now,
     );
     if enqueue(&mut s, spec, incident, now) {
-        push_timeline(&mut s, now, "RollbackIncomplete", &message);
+        push_timeline(&mut s, now, Reason::RollbackIncomplete, &message);
     }
     set_condition(
         &mut s,
@@ -157,7 +157,7 @@ impl Planner<'_> {
                 Some(Ok(req)) => self.request(&req),
                 Some(Err(bad)) => self.note(
                     true,
-                    "RequestInvalid",
+                    Reason::RequestInvalid,
                     format!(
                         "annotation {REQUEST_ANNOTATION} is ignored: {}; use `rollguard \
                          promote|abort|pause|resume`",

@@ -2,7 +2,7 @@
 //! the target declares a new digest that may run, and say why when it may not.
 
 use super::incidents::{enqueue, headline, qualified};
-use super::plan::Action;
+use super::plan::{Action, Reason};
 use super::planner::{Planner, set_condition};
 use super::workload::{Arm, release_name, short_digest};
 use crate::api::release::ReleasePhase;
@@ -52,7 +52,7 @@ impl Planner<'_> {
         self.status.canary_weight = Some(0);
         self.note(
             false,
-            "Initialized",
+            Reason::Initialized,
             format!(
                 "{} ({}) is stable with {s} replicas",
                 r.release, r.short_digest
@@ -108,7 +108,7 @@ impl Planner<'_> {
                 self.act(Action::ResetAnalysis);
                 self.note(
                     false,
-                    "VerificationPassed",
+                    Reason::VerificationPassed,
                     format!("{} held through the post-promotion window", stable.release),
                 );
             } else {
@@ -132,7 +132,10 @@ impl Planner<'_> {
                     RolloutPhase::Stable,
                     "the target declares the stable digest",
                 );
-                self.timeline("Stable", "the target declares the stable digest again");
+                self.timeline(
+                    Reason::Stable,
+                    "the target declares the stable digest again",
+                );
             }
             self.check_template(&stable);
             return;
@@ -162,7 +165,7 @@ impl Planner<'_> {
                 RolloutPhase::Blocked
             };
             if self.phase() != phase {
-                self.note(true, "Blocked", message.clone());
+                self.note(true, Reason::Blocked, message.clone());
             }
             if phase == RolloutPhase::Blocked {
                 self.notify_blocked(&name, &artifact.digest, &why);
@@ -227,7 +230,7 @@ impl Planner<'_> {
                 stable.short_digest, stable.release
             );
             if !flagged {
-                self.note(true, "TemplateNotRolledOut", message.clone());
+                self.note(true, Reason::TemplateNotRolledOut, message.clone());
             }
             set_condition(
                 &mut self.status,

@@ -1,5 +1,6 @@
 //! The outbox: incidents the planner enqueues once per key and action, and their resolves.
 
+use super::plan::Reason;
 use super::planner::{Planner, push_timeline};
 use super::workload::short_digest;
 use crate::api::rollout::{
@@ -155,7 +156,7 @@ pub(super) fn push_outbox(
     status.outbox.push(entry);
     let excess = status.outbox.len().saturating_sub(64);
     status.outbox.drain(..excess);
-    push_timeline(status, now, "Escalation", &message);
+    push_timeline(status, now, Reason::Escalation, &message);
 }
 
 impl Planner<'_> {
@@ -252,7 +253,10 @@ mod tests {
         }));
         let again = decide("c", &spec(), &plan.status, &o);
         assert!(
-            again.notes.iter().any(|n| n.reason == "RequestIgnored"),
+            again
+                .notes
+                .iter()
+                .any(|n| n.reason == Reason::RequestIgnored),
             "{:?}",
             again.notes
         );

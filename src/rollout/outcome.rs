@@ -1,5 +1,7 @@
 //! How a deployment ended, for the DORA counters: read from the moments a plan added.
 
+use super::plan::Reason;
+use super::requests::is_abort;
 use crate::api::rollout::{RolloutStatus, TimelineEntry};
 use crate::time::parse_at;
 
@@ -44,21 +46,21 @@ pub fn deployment_result(
     before: &RolloutStatus,
     after: &RolloutStatus,
 ) -> Option<DeploymentResult> {
-    new_moments(before, after).find_map(|m| match m.reason.as_str() {
-        "RollbackStarted" => Some(
+    new_moments(before, after).find_map(|m| match Reason::parse(&m.reason)? {
+        Reason::RollbackStarted => Some(
             if after
                 .rollback
                 .as_ref()
-                .is_some_and(|rb| rb.reason.starts_with("aborted by "))
+                .is_some_and(|rb| is_abort(&rb.reason))
             {
                 DeploymentResult::Aborted
             } else {
                 DeploymentResult::RolledBack
             },
         ),
-        "Promoted" if after.verify_until.is_none() => Some(DeploymentResult::Promoted),
-        "VerificationPassed" => Some(DeploymentResult::Promoted),
-        "CanaryWithdrawn" => Some(DeploymentResult::Withdrawn),
+        Reason::Promoted if after.verify_until.is_none() => Some(DeploymentResult::Promoted),
+        Reason::VerificationPassed => Some(DeploymentResult::Promoted),
+        Reason::CanaryWithdrawn => Some(DeploymentResult::Withdrawn),
         _ => None,
     })
 }
@@ -71,7 +73,8 @@ pub fn is_rework(
     now: i64,
     window_secs: i64,
 ) -> bool {
-    let started = new_moments(before, after).any(|m| m.reason == "CanaryStarted");
+    let started =
+        new_moments(before, after).any(|m| Reason::parse(&m.reason) == Some(Reason::CanaryStarted));
     let recent = before
         .rollback
         .as_ref()

@@ -6,7 +6,7 @@ use kube::ResourceExt;
 use super::workload::{Arm, Artifact, Workload, artifact, fingerprint};
 use crate::analysis::run::Decision;
 use crate::api::release::{HistoryEntry, Release, ReleasePhase, ReleaseVerdict};
-use crate::api::rollout::{AnalysisSummary, RolloutStatus};
+use crate::api::rollout::{AnalysisSummary, RollbackStep, RolloutStatus};
 
 /// The target Deployment as read.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,10 +167,99 @@ pub enum Action {
     PruneReleases,
 }
 
+/// Why something happened: the reason of a Kubernetes Event and of a timeline entry, and what
+/// the deployment outcome is classified from. This is the one place that spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Initialized,
+    Stable,
+    Blocked,
+    TemplateNotRolledOut,
+    CanaryStarted,
+    WeightSet,
+    StepAdvanced,
+    StepsPassed,
+    Paused,
+    Resumed,
+    AnalysisInvalid,
+    AnalysisStarted,
+    AnalysisInconclusive,
+    CanaryWithdrawn,
+    Promoted,
+    VerificationPassed,
+    Request,
+    RequestIgnored,
+    RequestInvalid,
+    RollbackStarted,
+    RolledBack,
+    NotRecovered,
+    RollbackIncomplete,
+    Escalation,
+    /// A saga step done: `Rollback<Step>`.
+    RollbackStep(RollbackStep),
+}
+
+impl Reason {
+    const NAMED: [(Reason, &'static str); 24] = [
+        (Reason::Initialized, "Initialized"),
+        (Reason::Stable, "Stable"),
+        (Reason::Blocked, "Blocked"),
+        (Reason::TemplateNotRolledOut, "TemplateNotRolledOut"),
+        (Reason::CanaryStarted, "CanaryStarted"),
+        (Reason::WeightSet, "WeightSet"),
+        (Reason::StepAdvanced, "StepAdvanced"),
+        (Reason::StepsPassed, "StepsPassed"),
+        (Reason::Paused, "Paused"),
+        (Reason::Resumed, "Resumed"),
+        (Reason::AnalysisInvalid, "AnalysisInvalid"),
+        (Reason::AnalysisStarted, "AnalysisStarted"),
+        (Reason::AnalysisInconclusive, "AnalysisInconclusive"),
+        (Reason::CanaryWithdrawn, "CanaryWithdrawn"),
+        (Reason::Promoted, "Promoted"),
+        (Reason::VerificationPassed, "VerificationPassed"),
+        (Reason::Request, "Request"),
+        (Reason::RequestIgnored, "RequestIgnored"),
+        (Reason::RequestInvalid, "RequestInvalid"),
+        (Reason::RollbackStarted, "RollbackStarted"),
+        (Reason::RolledBack, "RolledBack"),
+        (Reason::NotRecovered, "NotRecovered"),
+        (Reason::RollbackIncomplete, "RollbackIncomplete"),
+        (Reason::Escalation, "Escalation"),
+    ];
+
+    /// The reason a timeline entry or Event carries, read back; None for one this version does
+    /// not write.
+    pub fn parse(text: &str) -> Option<Reason> {
+        if let Some((r, _)) = Reason::NAMED.iter().find(|(_, name)| *name == text) {
+            return Some(*r);
+        }
+        let step = text.strip_prefix("Rollback")?;
+        RollbackStep::ORDER
+            .into_iter()
+            .find(|s| s.to_string() == step)
+            .map(Reason::RollbackStep)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::RollbackStep(step) => write!(f, "Rollback{step}"),
+            named => {
+                let name = Reason::NAMED
+                    .iter()
+                    .find(|(r, _)| r == named)
+                    .map_or("Unknown", |(_, name)| name);
+                f.write_str(name)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Note {
     pub warning: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -209,5 +298,24 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Transient => "transient",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_reads_back_as_itself() {
+        let steps = RollbackStep::ORDER.map(Reason::RollbackStep);
+        for reason in Reason::NAMED.iter().map(|(r, _)| *r).chain(steps) {
+            assert_eq!(Reason::parse(&reason.to_string()), Some(reason), "{reason}");
+        }
+        assert_eq!(
+            Reason::RollbackStep(RollbackStep::ZeroWeights).to_string(),
+            "RollbackZeroWeights"
+        );
+        assert_eq!(Reason::parse("Rollback"), None);
+        assert_eq!(Reason::parse("SomethingNew"), None);
     }
 }

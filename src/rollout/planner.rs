@@ -1,6 +1,6 @@
 //! The planner: the state one decision works on, and the small helpers every stage uses.
 
-use super::plan::{Action, Note, Observed, ReleaseView};
+use super::plan::{Action, Note, Observed, Reason, ReleaseView};
 use super::workload::{Arm, Artifact, canary_replicas, release_name, short_digest};
 use crate::api::common::{Condition, bounded};
 use crate::api::release::ReleasePhase;
@@ -41,10 +41,10 @@ pub(super) fn failing(summary: &AnalysisSummary) -> Vec<MetricEvidence> {
     }
 }
 
-pub(super) fn push_timeline(status: &mut RolloutStatus, now: i64, reason: &str, message: &str) {
+pub(super) fn push_timeline(status: &mut RolloutStatus, now: i64, reason: Reason, message: &str) {
     status.timeline.push(TimelineEntry {
         at: format_time(now),
-        reason: reason.to_owned(),
+        reason: reason.to_string(),
         message: bounded(message),
     });
     let excess = status.timeline.len().saturating_sub(TIMELINE_LIMIT);
@@ -126,15 +126,15 @@ impl Planner<'_> {
         self.status.message = Some(message.into());
     }
 
-    pub(super) fn timeline(&mut self, reason: &str, message: &str) {
+    pub(super) fn timeline(&mut self, reason: Reason, message: &str) {
         push_timeline(&mut self.status, self.obs.now, reason, message);
     }
 
-    pub(super) fn note(&mut self, warning: bool, reason: &str, message: String) {
+    pub(super) fn note(&mut self, warning: bool, reason: Reason, message: String) {
         self.timeline(reason, &message);
         self.notes.push(Note {
             warning,
-            reason: reason.into(),
+            reason,
             message,
         });
     }

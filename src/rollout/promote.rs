@@ -1,7 +1,7 @@
 //! Promotion by digest, and the post-promotion window that can still roll it back.
 
 use super::incidents::{enqueue, is_rollback_incident, qualified, resolve_where};
-use super::plan::Action;
+use super::plan::{Action, Reason};
 use super::planner::{Planner, failing};
 use super::workload::Arm;
 use crate::analysis::run::Decision;
@@ -115,7 +115,7 @@ impl Planner<'_> {
         );
         self.note(
             false,
-            "Promoted",
+            Reason::Promoted,
             format!(
                 "{} ({}) promoted; it replaces {}",
                 canary.release, canary.short_digest, stable.short_digest

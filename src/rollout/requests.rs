@@ -1,7 +1,7 @@
 //! Manual requests: promote, abort, pause, resume and resolve, each acted on once.
 
 use super::incidents::{is_rollback_incident, qualified, resolve_where};
-use super::plan::{Action, Request, RequestAction};
+use super::plan::{Action, Reason, Request, RequestAction};
 use super::planner::Planner;
 use crate::api::release::HistoryEntry;
 use crate::api::rollout::RolloutPhase;
@@ -79,7 +79,7 @@ impl Planner<'_> {
         if acted {
             self.note(
                 false,
-                "Request",
+                Reason::Request,
                 format!(
                     "{} by {by} in phase {phase:?}{}",
                     req.action,
@@ -100,15 +100,23 @@ impl Planner<'_> {
         } else {
             self.note(
                 true,
-                "RequestIgnored",
+                Reason::RequestIgnored,
                 format!("{} by {by} does not apply in phase {phase:?}", req.action),
             );
         }
     }
 }
 
+/// How a rollback that someone asked for begins its reason: the one place that spells it.
+const ABORTED_BY: &str = "aborted by ";
+
 pub(super) fn abort_reason(req: &Request) -> String {
-    format!("aborted by {}{}", req.by, reason_suffix(req))
+    format!("{ABORTED_BY}{}{}", req.by, reason_suffix(req))
+}
+
+/// A rollback's reason says someone asked for it.
+pub fn is_abort(reason: &str) -> bool {
+    reason.starts_with(ABORTED_BY)
 }
 
 pub(super) fn reason_suffix(req: &Request) -> String {
@@ -133,13 +141,18 @@ mod tests {
         let warned: Vec<&Note> = plan
             .notes
             .iter()
-            .filter(|n| n.reason == "RequestInvalid")
+            .filter(|n| n.reason == Reason::RequestInvalid)
             .collect();
         assert_eq!(warned.len(), 1);
         assert!(warned[0].warning && warned[0].message.contains("missing field"));
         assert_eq!(plan.status.phase, Some(RolloutPhase::Progressing));
         let again = decide("c", &spec(), &plan.status, &o);
-        assert!(again.notes.iter().all(|n| n.reason != "RequestInvalid"));
+        assert!(
+            again
+                .notes
+                .iter()
+                .all(|n| n.reason != Reason::RequestInvalid)
+        );
     }
 
     #[test]

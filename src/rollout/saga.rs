@@ -1,7 +1,7 @@
 //! The rollback saga: one step at a time, each recorded before the next begins.
 
 use super::incidents::{enqueue, headline, incident, qualified, resolve_where, rollback_title};
-use super::plan::{Action, Note};
+use super::plan::{Action, Note, Reason};
 use super::planner::{Planner, set_condition};
 use super::workload::{Arm, Workload, short_digest};
 use crate::analysis::run::Decision;
@@ -78,7 +78,7 @@ impl Planner<'_> {
         self.status.paused_by = None;
         self.note(
             true,
-            "RollbackStarted",
+            Reason::RollbackStarted,
             format!(
                 "rolling back {} ({}): {reason}",
                 bad.release, bad.short_digest
@@ -345,7 +345,7 @@ impl Planner<'_> {
         // A note, not only a timeline entry: each saga step shows in Events and the log.
         self.note(
             false,
-            &format!("Rollback{step}"),
+            Reason::RollbackStep(step),
             format!("rollback step {step} done"),
         );
         self.requeue = 0;
@@ -359,7 +359,7 @@ impl Planner<'_> {
         self.act(Action::ResetAnalysis);
         self.note(
             false,
-            "RolledBack",
+            Reason::RolledBack,
             format!(
                 "{release} rolled back; {} serves and recovered",
                 stable.release
@@ -403,7 +403,7 @@ impl Planner<'_> {
         if enqueue(&mut self.status, self.spec, entry, now) {
             self.notes.push(Note {
                 warning: true,
-                reason: "NotRecovered".into(),
+                reason: Reason::NotRecovered,
                 message: format!(
                     "{} still measures worse than before the rollout: {metric}: {reason}",
                     stable.release
