@@ -12,6 +12,7 @@ pub mod escalation;
 pub mod lint;
 pub mod ops;
 pub mod rollout;
+pub mod secrets;
 pub mod templates;
 pub mod time;
 pub mod traffic;

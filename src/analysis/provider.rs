@@ -4,14 +4,12 @@
 //! The pure part ([`referenced_secrets`], [`credentials`], [`allows`]) works on plain data; the
 //! thin I/O part ([`connect`]) reads the Secrets with the controller's client.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::source::{Credentials, PrometheusSource, SourceError};
 use crate::api::common::SecretKeyRef;
 use crate::api::endpoints::{MetricProvider, MetricProviderSpec};
-
-/// Secret data by Secret name, then key.
-pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+use crate::secrets::{SecretData, read_secrets};
 
 /// Whether templates in `namespace` may use the provider.
 pub fn allows(spec: &MetricProviderSpec, namespace: &str) -> bool {
@@ -88,34 +86,6 @@ pub fn credentials(
     })
 }
 
-/// Reads the named Secrets from `namespace` (the controller's). A Secret that does not exist is
-/// left out, for the caller to name; any other error is returned.
-pub async fn read_secrets(
-    client: &kube::Client,
-    namespace: &str,
-    names: impl IntoIterator<Item = String>,
-) -> Result<SecretData, String> {
-    use k8s_openapi::api::core::v1::Secret;
-    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-    let mut secrets = SecretData::new();
-    for name in names {
-        match api.get_opt(&name).await {
-            Ok(Some(secret)) => {
-                let data = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                secrets.insert(name, data);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("reading Secret {namespace}/{name}: {e}")),
-        }
-    }
-    Ok(secrets)
-}
-
 /// Reads the provider's Secrets from `namespace` (the controller's) and builds its source.
 pub async fn connect(
     client: &kube::Client,
@@ -124,7 +94,7 @@ pub async fn connect(
 ) -> Result<PrometheusSource, SourceError> {
     let secrets = read_secrets(client, namespace, referenced_secrets(&provider.spec))
         .await
-        .map_err(SourceError::Config)?;
+        .map_err(|e| SourceError::Config(e.to_string()))?;
     let creds = credentials(&provider.spec, &secrets, namespace)?;
     let timeout = provider.spec.prometheus.timeout.parse().map_err(|e| {
         SourceError::Config(format!(
@@ -138,6 +108,7 @@ pub async fn connect(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::secrets::tests::secrets;
 
     fn spec(prometheus: serde_json::Value) -> MetricProviderSpec {
         serde_json::from_value(serde_json::json!({
@@ -145,16 +116,6 @@ pub(crate) mod tests {
             "allowedNamespaces": ["shop"],
         }))
         .expect("spec")
-    }
-
-    pub(crate) fn secrets(entries: &[(&str, &str, &str)]) -> SecretData {
-        let mut out = SecretData::new();
-        for (name, key, value) in entries {
-            out.entry((*name).to_owned())
-                .or_default()
-                .insert((*key).to_owned(), value.as_bytes().to_vec());
-        }
-        out
     }
 
     #[test]

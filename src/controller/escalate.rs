@@ -12,7 +12,6 @@ use kube::{Api, ResourceExt};
 
 use super::context::{Context, key};
 use super::record::{publish_as, record};
-use crate::analysis::provider::read_secrets;
 use crate::api::Rollout;
 use crate::api::endpoints::{Receiver, namespace_allowed};
 use crate::api::release::Release;
@@ -24,6 +23,7 @@ use crate::escalation::receiver::{DeliveryResult, Notifier, build, referenced_se
 use crate::escalation::send::post;
 use crate::rollout::set_condition;
 use crate::rollout::workload::ROLLOUT_LABEL;
+use crate::secrets::read_secrets;
 
 /// Loads a Receiver object and builds it for a Rollout in `namespace`, or gives the outcome
 /// every delivery to it has: retried while it may be fixed (a missing Secret), refused when the

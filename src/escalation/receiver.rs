@@ -1,10 +1,10 @@
 //! The `Notifier` trait, one implementation per kind of Receiver object: from an incident to
 //! the HTTP request one receiver wants, and from its answer to a delivery result. Both directions are pure; [`super::send`] does the I/O.
 
-use crate::analysis::provider::SecretData;
 use crate::api::common::SecretKeyRef;
 use crate::api::endpoints::ReceiverSpec;
 use crate::api::rollout::IncidentKind;
+use crate::secrets::SecretData;
 
 use super::incident::Incident;
 use super::wire;
@@ -310,9 +310,9 @@ pub fn referenced_secrets(spec: &ReceiverSpec) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::provider::tests::secrets;
     use crate::api::rollout::OutboxAction;
     use crate::escalation::fixtures::sample;
+    use crate::secrets::tests::secrets;
 
     fn spec(mut v: serde_json::Value) -> ReceiverSpec {
         v["allowedNamespaces"] = serde_json::json!(["*"]);
