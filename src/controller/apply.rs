@@ -321,3 +321,160 @@ impl<'a> Applier<'a> {
             .map_err(|e| ActionError::from_router(e, &self.ns))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::mock::{Exchange, MockApi, status};
+    use crate::rollout::fixtures::spec;
+
+    const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/shop/deployments";
+    const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/c";
+
+    /// Rollout `c` in `shop` (uid `uid-c`), on the fixture's spec: an HTTPRoute `c`.
+    fn rollout() -> Rollout {
+        let mut ro = Rollout::new("c", spec());
+        ro.metadata.namespace = Some("shop".into());
+        ro.metadata.uid = Some("uid-c".into());
+        ro
+    }
+
+    fn arm(name: &str, replicas: i32) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "shop", "ownerReferences": [{
+                "apiVersion": "rollguard.dev/v1alpha1", "kind": "Rollout", "name": "c",
+                "uid": "uid-c", "controller": true,
+            }]},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+        })
+    }
+
+    fn route(canary: u32) -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "c", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"rules": [{"backendRefs": [
+                {"name": "c-stable", "port": 80, "weight": 100 - canary},
+                {"name": "c-canary", "port": 80, "weight": canary},
+            ]}]},
+        })
+    }
+
+    async fn apply(script: Vec<Exchange>, action: Action) -> Result<(), ActionError> {
+        let (client, mock) = MockApi::client(script);
+        let ctx = Context::for_tests(client);
+        let ro = rollout();
+        let result = Applier::new(&ctx, &ro).apply(&action).await;
+        mock.done();
+        result
+    }
+
+    #[tokio::test]
+    async fn a_409_on_scaling_is_a_conflict_on_spec_replicas() {
+        let path = format!("{DEPLOYMENTS}/c-canary");
+        let conflict = status(409, "Conflict", "the object has been modified", None);
+        let e = apply(
+            vec![
+                Exchange::new(Method::GET, &path, 200, arm("c-canary", 1)),
+                Exchange::new(Method::PATCH, &path, 409, conflict),
+            ],
+            Action::ScaleArm {
+                arm: Arm::Canary,
+                replicas: 2,
+            },
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert_eq!(e.object, "Deployment c-canary");
+        assert_eq!(e.field, Some("spec.replicas"));
+        assert!(
+            e.message.starts_with("scaling Deployment c-canary to 2: "),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_403_on_the_route_names_the_verb_the_resource_and_the_weights() {
+        let forbidden = status(
+            403,
+            "Forbidden",
+            "httproutes.gateway.networking.k8s.io \"c\" is forbidden",
+            Some(json!({"name": "c", "group": "gateway.networking.k8s.io", "kind": "httproutes"})),
+        );
+        let e = apply(
+            vec![
+                Exchange::new(Method::GET, ROUTE, 200, route(0)),
+                Exchange::new(Method::PATCH, ROUTE, 403, forbidden),
+            ],
+            Action::SetWeights {
+                canary: 10,
+                baseline: 0,
+            },
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!((e.kind, e.field), (ErrorKind::Permission, Some("weights")));
+        assert_eq!(e.object, "HTTPRoute c");
+        assert!(
+            e.message
+                .contains("may not patch httproutes.gateway.networking.k8s.io in namespace shop"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn weights_are_written_then_read_back() {
+        let ok = apply(
+            vec![
+                Exchange::new(Method::GET, ROUTE, 200, route(0)),
+                Exchange::new(Method::PATCH, ROUTE, 200, route(10)),
+                Exchange::new(Method::GET, ROUTE, 200, route(10)),
+            ],
+            Action::SetWeights {
+                canary: 10,
+                baseline: 0,
+            },
+        )
+        .await;
+        assert_eq!(ok, Ok(()));
+        let unverified = apply(
+            vec![
+                Exchange::new(Method::GET, ROUTE, 200, route(0)),
+                Exchange::new(Method::PATCH, ROUTE, 200, route(10)),
+                Exchange::new(Method::GET, ROUTE, 200, route(0)),
+            ],
+            Action::SetWeights {
+                canary: 10,
+                baseline: 0,
+            },
+        )
+        .await
+        .expect_err("read back 0");
+        assert_eq!(unverified.kind, ErrorKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn a_deployment_of_someone_else_is_neither_scaled_nor_patched() {
+        let path = format!("{DEPLOYMENTS}/c-canary");
+        let mut theirs = arm("c-canary", 1);
+        theirs["metadata"]["ownerReferences"] = json!([]);
+        let e = apply(
+            vec![Exchange::new(Method::GET, &path, 200, theirs)],
+            Action::ScaleArm {
+                arm: Arm::Canary,
+                replicas: 0,
+            },
+        )
+        .await
+        .expect_err("not ours");
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert_eq!(e.field, Some("metadata.ownerReferences"));
+    }
+}

@@ -46,6 +46,46 @@ pub struct Context {
     pub(super) failures: Mutex<HashMap<String, u32>>,
 }
 
+#[cfg(test)]
+impl Context {
+    /// A context around `client` (a mock API server), for unit tests of the shell.
+    pub(crate) fn for_tests(client: Client) -> Context {
+        let metrics = Arc::new(metrics::Metrics::new(86_400));
+        let leadership = Arc::new(leader::Leadership::new(
+            "test".into(),
+            "rollguard".into(),
+            Duration::from_secs(1),
+            metrics.clone(),
+        ));
+        Context {
+            recorder: Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "rollguard".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            settings: Settings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                namespace: "rollguard-system".into(),
+                concurrency: 1,
+                graph_url: None,
+                lease_name: "rollguard".into(),
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                rework_window: Duration::from_secs(86_400),
+            },
+            metrics,
+            leadership,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            http: reqwest::Client::new(),
+            runs: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+}
+
 /// `namespace/name`: how logs and in-memory maps name a Rollout.
 pub(super) fn key(ro: &Rollout) -> String {
     format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any())

@@ -15,6 +15,8 @@ pub mod history;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock;
 mod reconcile;
 mod record;
 mod releases;

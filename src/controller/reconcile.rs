@@ -328,3 +328,63 @@ fn reset_analysis(ro: &Rollout, ctx: &Context) {
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key(ro));
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::mock::{Exchange, MockApi, status};
+    use crate::rollout::fixtures::spec;
+    use crate::rollout::plan::Action;
+
+    #[tokio::test]
+    async fn the_apply_stage_stops_at_the_first_failing_action() {
+        let path = "/apis/apps/v1/namespaces/shop/deployments/c-canary";
+        let ours = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "c-canary", "namespace": "shop", "ownerReferences": [{
+                "apiVersion": "rollguard.dev/v1alpha1", "kind": "Rollout", "name": "c",
+                "uid": "uid-c", "controller": true,
+            }]},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+        });
+        let broken = status(500, "InternalError", "etcdserver: request timed out", None);
+        // The second action (the stable arm) must never be asked for.
+        let (client, mock) = MockApi::client(vec![
+            Exchange::new(Method::GET, path, 200, ours),
+            Exchange::new(Method::PATCH, path, 500, broken),
+        ]);
+        let ctx = Context::for_tests(client);
+        let mut ro = Rollout::new("c", spec());
+        ro.metadata.namespace = Some("shop".into());
+        ro.metadata.uid = Some("uid-c".into());
+        let plan = Plan {
+            actions: vec![
+                Action::ScaleArm {
+                    arm: Arm::Canary,
+                    replicas: 0,
+                },
+                Action::ScaleArm {
+                    arm: Arm::Stable,
+                    replicas: 4,
+                },
+            ],
+            status: RolloutStatus::default(),
+            notes: Vec::new(),
+            requeue_secs: 0,
+        };
+        let e = apply(&ro, &ctx, &plan).await.expect_err("the patch failed");
+        mock.done();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(
+            e.message.contains("etcdserver: request timed out"),
+            "{}",
+            e.message
+        );
+        let err = Error::Apply(e);
+        assert_eq!(err.stage(), "apply");
+        assert!(err.kube().is_none());
+    }
+}

@@ -23,6 +23,6 @@ mod saga;
 pub mod workload;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 pub use planner::set_condition;
