@@ -6,7 +6,7 @@ use super::workload::{Arm, Artifact, Workload, canary_replicas, short_digest};
 use crate::analysis::run::Decision;
 use crate::api::analysis::InconclusiveAction;
 use crate::api::release::ReleasePhase;
-use crate::api::rollout::{ReleaseRef, RolloutPhase};
+use crate::api::rollout::{Pause, ReleaseRef, RolloutPhase, Step};
 use crate::time::{format_time, parse_at, secs};
 
 impl Planner<'_> {
@@ -65,6 +65,9 @@ impl Planner<'_> {
         self.requeue = 0;
     }
 
+    /// Progressing or Paused: the canary's next move. Each check may end the pass: the target
+    /// moved on, the analysis cannot judge, a critical Fail, pods not ready yet, a pause; then
+    /// the current step sets its weight or waits out its pause.
     pub(super) fn progress(&mut self) {
         self.requeue = 1;
         let Some(canary) = self.status.canary.clone() else {
@@ -75,101 +78,12 @@ impl Planner<'_> {
         if let Some(a) = &self.obs.analysis {
             self.status.analysis = Some(a.summary.clone());
         }
-        // The target moved away from this canary: withdraw it without a verdict.
-        if let Some(Ok(a)) = self.obs.target.as_ref().map(|t| &t.artifact)
-            && a.digest != canary.digest
+        if self.target_moved_on(&canary)
+            || self.held_unjudged()
+            || self.failed_at_once()
+            || self.not_ready_yet()
+            || self.paused()
         {
-            let message = format!(
-                "the target now declares {}; canary {} is withdrawn",
-                short_digest(&a.digest),
-                canary.release
-            );
-            self.withdraw(&canary, &message);
-            return;
-        }
-        if self.held_unjudged() {
-            return;
-        }
-        let now = self.now();
-        let analysis = self.obs.analysis.clone();
-        if let Some(a) = &analysis {
-            match &a.decision {
-                Decision::Fail {
-                    metric,
-                    reason,
-                    critical: true,
-                } => {
-                    let (m, r) = (metric.clone(), reason.clone());
-                    self.begin_rollback(
-                        format!("critical metric {m} failed: {r}"),
-                        Some(m),
-                        a.first_fail_at,
-                        failing(&a.summary),
-                    );
-                    return;
-                }
-                Decision::Inconclusive {
-                    metric,
-                    reason,
-                    action: InconclusiveAction::Rollback,
-                } => {
-                    let (m, r) = (metric.clone(), reason.clone());
-                    self.begin_rollback(
-                        format!("metric {m} could not be measured: {r}"),
-                        Some(m),
-                        None,
-                        a.summary.metrics.clone(),
-                    );
-                    return;
-                }
-                _ => {}
-            }
-        }
-        // The canary must become ready within the progress deadline.
-        let deadline = secs(&self.spec.progress_deadline, 600);
-        let started = parse_at(self.status.canary_started_at.as_deref()).unwrap_or(now);
-        let want = self.arm_replicas();
-        let ready = |w: &Option<Workload>| {
-            w.as_ref()
-                .is_some_and(|w| w.ready >= want && w.replicas >= want)
-        };
-        let canary_ready = ready(&self.obs.canary) && (!self.fresh() || ready(&self.obs.baseline));
-        if !canary_ready && self.status.step_started_at.is_none() {
-            if now - started > deadline {
-                self.begin_rollback(
-                    format!(
-                        "the canary did not become ready within the progress deadline ({})",
-                        self.spec.progress_deadline.0
-                    ),
-                    None,
-                    None,
-                    Vec::new(),
-                );
-            } else {
-                self.scale_arms(want);
-                self.status.message = Some(format!("waiting for {want} ready canary pods"));
-            }
-            return;
-        }
-        // Paused by the analysis (Inconclusive with Pause), by a human, or by a pause step.
-        let inconclusive = analysis.as_ref().and_then(|a| match &a.decision {
-            Decision::Inconclusive { metric, reason, .. } => Some(format!(
-                "analysis paused: {metric} could not be measured: {reason}"
-            )),
-            _ => None,
-        });
-        if let Some(message) = inconclusive {
-            if self.phase() != RolloutPhase::Paused {
-                self.note(true, Reason::AnalysisInconclusive, message.clone());
-            }
-            self.set_phase(RolloutPhase::Paused, message);
-            return;
-        }
-        if let Some(by) = self.status.paused_by.clone() {
-            self.set_phase(
-                RolloutPhase::Paused,
-                format!("paused by {by}; `rollguard resume` continues"),
-            );
             return;
         }
         if self.phase() == RolloutPhase::Paused
@@ -184,71 +98,191 @@ impl Planner<'_> {
             return;
         };
         let i = self.status.current_step.unwrap_or(0);
-        let step_started = parse_at(self.status.step_started_at.as_deref());
         if let Some(w) = step.set_weight {
-            if step_started.is_none() || self.status.canary_weight != Some(w) {
-                let want = canary_replicas(self.stable_replicas(), w, self.mesh());
-                if self.mesh() {
-                    let short = |x: &Option<Workload>| x.as_ref().is_none_or(|x| x.ready < want);
-                    if short(&self.obs.canary) || (self.fresh() && short(&self.obs.baseline)) {
-                        self.scale_arms(want);
-                        self.status.message = Some(format!(
-                            "step {i}: waiting for {want} ready canary pods before weight {w}%"
-                        ));
-                        return;
-                    }
-                }
-                self.act(Action::SetWeights {
-                    canary: w,
-                    baseline: if self.fresh() { w } else { 0 },
-                });
-                self.status.canary_weight = Some(w);
-                self.status.step_started_at = Some(format_time(now));
-                self.status.message = Some(format!("step {i}: canary at {w}%"));
-                self.note(
-                    false,
-                    Reason::WeightSet,
-                    format!("step {i}: canary weight {w}% written and verified"),
-                );
-                return;
-            }
-            let elapsed = now - step_started.unwrap_or(now);
-            let min = step.duration.as_ref().map_or(0, |d| secs(d, 0));
-            if elapsed < min {
-                self.status.message =
-                    Some(format!("step {i}: canary at {w}%, {}s of {min}s", elapsed));
-                self.requeue = self.wake_in(Some((min - elapsed) as u64));
-                return;
-            }
-            self.leave_step(i, &format!("canary at {w}%"));
+            self.weight_step(i, w, &step);
         } else if let Some(pause) = &step.pause {
-            match pause.duration.as_ref().map(|d| secs(d, 0)) {
-                Some(d) => {
-                    let Some(started) = step_started else {
-                        self.status.step_started_at = Some(format_time(now));
-                        return;
-                    };
-                    if now - started >= d {
-                        self.leave_step(i, "pause over");
-                    } else {
-                        self.status.message =
-                            Some(format!("step {i}: pause, {}s of {d}s", now - started));
-                    }
+            self.pause_step(i, pause);
+        }
+    }
+
+    /// The target moved away from this canary: it is withdrawn without a verdict.
+    fn target_moved_on(&mut self, canary: &ReleaseRef) -> bool {
+        let Some(Ok(a)) = self.obs.target.as_ref().map(|t| &t.artifact) else {
+            return false;
+        };
+        if a.digest == canary.digest {
+            return false;
+        }
+        let message = format!(
+            "the target now declares {}; canary {} is withdrawn",
+            short_digest(&a.digest),
+            canary.release
+        );
+        self.withdraw(canary, &message);
+        true
+    }
+
+    /// A critical Fail, or a metric that cannot be measured under `onInconclusive: Rollback`,
+    /// rolls back at once, whatever the step.
+    fn failed_at_once(&mut self) -> bool {
+        let Some(a) = self.obs.analysis.clone() else {
+            return false;
+        };
+        match a.decision {
+            Decision::Fail {
+                metric,
+                reason,
+                critical: true,
+            } => self.begin_rollback(
+                format!("critical metric {metric} failed: {reason}"),
+                Some(metric),
+                a.first_fail_at,
+                failing(&a.summary),
+            ),
+            Decision::Inconclusive {
+                metric,
+                reason,
+                action: InconclusiveAction::Rollback,
+            } => self.begin_rollback(
+                format!("metric {metric} could not be measured: {reason}"),
+                Some(metric),
+                None,
+                a.summary.metrics.clone(),
+            ),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Before its first weight, the canary must become ready within the progress deadline;
+    /// until then it waits, and past it it is rolled back.
+    fn not_ready_yet(&mut self) -> bool {
+        let now = self.now();
+        let deadline = secs(&self.spec.progress_deadline, 600);
+        let started = parse_at(self.status.canary_started_at.as_deref()).unwrap_or(now);
+        let want = self.arm_replicas();
+        let ready = |w: &Option<Workload>| {
+            w.as_ref()
+                .is_some_and(|w| w.ready >= want && w.replicas >= want)
+        };
+        let canary_ready = ready(&self.obs.canary) && (!self.fresh() || ready(&self.obs.baseline));
+        if canary_ready || self.status.step_started_at.is_some() {
+            return false;
+        }
+        if now - started > deadline {
+            self.begin_rollback(
+                format!(
+                    "the canary did not become ready within the progress deadline ({})",
+                    self.spec.progress_deadline.0
+                ),
+                None,
+                None,
+                Vec::new(),
+            );
+        } else {
+            self.scale_arms(want);
+            self.status.message = Some(format!("waiting for {want} ready canary pods"));
+        }
+        true
+    }
+
+    /// Paused by the analysis (Inconclusive with Pause) or by a human.
+    fn paused(&mut self) -> bool {
+        let inconclusive = self.obs.analysis.as_ref().and_then(|a| match &a.decision {
+            Decision::Inconclusive { metric, reason, .. } => Some(format!(
+                "analysis paused: {metric} could not be measured: {reason}"
+            )),
+            _ => None,
+        });
+        if let Some(message) = inconclusive {
+            if self.phase() != RolloutPhase::Paused {
+                self.note(true, Reason::AnalysisInconclusive, message.clone());
+            }
+            self.set_phase(RolloutPhase::Paused, message);
+            return true;
+        }
+        if let Some(by) = self.status.paused_by.clone() {
+            self.set_phase(
+                RolloutPhase::Paused,
+                format!("paused by {by}; `rollguard resume` continues"),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// A `setWeight` step: the weight is written once the arms are ready for it, then the step
+    /// lasts at least its duration and is left on the analysis's word.
+    fn weight_step(&mut self, i: i32, w: i32, step: &Step) {
+        let now = self.now();
+        let step_started = parse_at(self.status.step_started_at.as_deref());
+        if step_started.is_none() || self.status.canary_weight != Some(w) {
+            let want = canary_replicas(self.stable_replicas(), w, self.mesh());
+            if self.mesh() {
+                let short = |x: &Option<Workload>| x.as_ref().is_none_or(|x| x.ready < want);
+                if short(&self.obs.canary) || (self.fresh() && short(&self.obs.baseline)) {
+                    self.scale_arms(want);
+                    self.status.message = Some(format!(
+                        "step {i}: waiting for {want} ready canary pods before weight {w}%"
+                    ));
+                    return;
                 }
-                None => {
-                    if self.phase() != RolloutPhase::Paused {
-                        self.note(
-                            false,
-                            Reason::Paused,
-                            format!("step {i}: paused until `rollguard resume`"),
-                        );
-                    }
-                    self.set_phase(
-                        RolloutPhase::Paused,
+            }
+            self.act(Action::SetWeights {
+                canary: w,
+                baseline: if self.fresh() { w } else { 0 },
+            });
+            self.status.canary_weight = Some(w);
+            self.status.step_started_at = Some(format_time(now));
+            self.status.message = Some(format!("step {i}: canary at {w}%"));
+            self.note(
+                false,
+                Reason::WeightSet,
+                format!("step {i}: canary weight {w}% written and verified"),
+            );
+            return;
+        }
+        let elapsed = now - step_started.unwrap_or(now);
+        let min = step.duration.as_ref().map_or(0, |d| secs(d, 0));
+        if elapsed < min {
+            self.status.message = Some(format!("step {i}: canary at {w}%, {}s of {min}s", elapsed));
+            self.requeue = self.wake_in(Some((min - elapsed) as u64));
+            return;
+        }
+        self.leave_step(i, &format!("canary at {w}%"));
+    }
+
+    /// A `pause` step: timed, it is left on the analysis's word when its time is up; without a
+    /// duration it waits for `rollguard resume`.
+    fn pause_step(&mut self, i: i32, pause: &Pause) {
+        let now = self.now();
+        let step_started = parse_at(self.status.step_started_at.as_deref());
+        match pause.duration.as_ref().map(|d| secs(d, 0)) {
+            Some(d) => {
+                let Some(started) = step_started else {
+                    self.status.step_started_at = Some(format_time(now));
+                    return;
+                };
+                if now - started >= d {
+                    self.leave_step(i, "pause over");
+                } else {
+                    self.status.message =
+                        Some(format!("step {i}: pause, {}s of {d}s", now - started));
+                }
+            }
+            None => {
+                if self.phase() != RolloutPhase::Paused {
+                    self.note(
+                        false,
+                        Reason::Paused,
                         format!("step {i}: paused until `rollguard resume`"),
                     );
-                    self.requeue = 5;
                 }
+                self.set_phase(
+                    RolloutPhase::Paused,
+                    format!("step {i}: paused until `rollguard resume`"),
+                );
+                self.requeue = 5;
             }
         }
     }
