@@ -290,6 +290,11 @@ impl Planner<'_> {
             canary: 0,
             baseline: 0,
         });
+        self.stop_arms();
+    }
+
+    /// The canary (and a fresh baseline) scaled to 0.
+    pub(super) fn stop_arms(&mut self) {
         self.act(Action::ScaleArm {
             arm: Arm::Canary,
             replicas: 0,

@@ -197,16 +197,7 @@ impl Planner<'_> {
                 });
             }
         }
-        self.act(Action::ScaleArm {
-            arm: Arm::Canary,
-            replicas: 0,
-        });
-        if self.fresh() {
-            self.act(Action::ScaleArm {
-                arm: Arm::Baseline,
-                replicas: 0,
-            });
-        }
+        self.stop_arms();
         true
     }
 

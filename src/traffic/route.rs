@@ -53,6 +53,15 @@ impl RouteRule {
     pub fn total_weight(&self) -> u64 {
         self.backends.iter().map(|b| u64::from(b.weight)).sum()
     }
+
+    /// Each backend's Service and weight, for tests to compare.
+    #[cfg(test)]
+    pub fn service_weights(&self) -> Vec<(String, u32)> {
+        self.backends
+            .iter()
+            .map(|b| (b.service.clone(), b.weight))
+            .collect()
+    }
 }
 
 /// A Service that a route rule sends a share of its traffic to.

@@ -55,15 +55,7 @@ mod tests {
     use crate::traffic::route::{RouteKind, RouteRule};
 
     fn weights(rules: &[RouteRule]) -> Vec<Vec<(String, u32)>> {
-        rules
-            .iter()
-            .map(|r| {
-                r.backends
-                    .iter()
-                    .map(|b| (b.service.clone(), b.weight))
-                    .collect()
-            })
-            .collect()
+        rules.iter().map(RouteRule::service_weights).collect()
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 /// canary at weight 0 with AnalysisInvalid and one Event; a working analysis then lets it on.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero() {
+async fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero() {
     let fx = Fixture::new("ctl-held", &Scenario::default()).await;
     let controller = fx.controller();
     fx.initialized().await;
@@ -135,7 +135,7 @@ pub(crate) async fn a_canary_whose_analysis_cannot_start_is_held_at_weight_zero(
 /// scaled: the canary does not start, and the Rollout says whose object is in the way.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn an_arm_named_deployment_of_someone_else_is_left_alone() {
+async fn an_arm_named_deployment_of_someone_else_is_left_alone() {
     let fx = Fixture::new("ctl-foreign", &Scenario::default()).await;
     let controller = fx.controller();
     fx.initialized().await;
@@ -185,7 +185,7 @@ pub(crate) async fn an_arm_named_deployment_of_someone_else_is_left_alone() {
 
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
+async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
     let fx = Fixture::new("ctl", &Scenario::default()).await;
     let controller = fx.controller();
     fx.initialized().await;
@@ -292,7 +292,7 @@ pub(crate) async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_bl
 /// Istio, SMI and replica ratio: a healthy canary goes through every step and is promoted.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn every_router_promotes_a_healthy_canary_through_every_step() {
+async fn every_router_promotes_a_healthy_canary_through_every_step() {
     for router in [Routing::Istio, Routing::Smi, Routing::Replicas] {
         let sc = Scenario {
             router,
@@ -322,7 +322,7 @@ pub(crate) async fn every_router_promotes_a_healthy_canary_through_every_step() 
 /// A canary as fast as stable in errors but ten times slower is rolled back on latency alone.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_latency_only_regression_is_rolled_back() {
+async fn a_latency_only_regression_is_rolled_back() {
     let sc = Scenario {
         judgement: Judgement::Latency,
         ..Scenario::default()
@@ -341,7 +341,7 @@ pub(crate) async fn a_latency_only_regression_is_rolled_back() {
 /// previous digest goes back on the stable Deployment.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_failure_after_promotion_restores_the_previous_digest() {
+async fn a_failure_after_promotion_restores_the_previous_digest() {
     let sc = Scenario {
         post_promotion_window: Some("30s"),
         ..Scenario::default()
@@ -420,7 +420,7 @@ pub(crate) async fn a_failure_after_promotion_restores_the_previous_digest() {
 /// The unchanged template (as the apiserver stores it in the Release) raises nothing.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_template_change_without_a_new_digest_is_reported_not_ignored() {
+async fn a_template_change_without_a_new_digest_is_reported_not_ignored() {
     let fx = Fixture::new("e2e-template", &Scenario::default()).await;
     let _controller = fx.controller();
     fx.initialized().await;

@@ -65,7 +65,7 @@ pub(crate) async fn alertmanager_alerts(namespace: &str) -> Vec<Value> {
 
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
+async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_webhook() {
     let recorder = HttpRecorder::start().await;
     // PagerDuty throttles, then fails, then accepts; a second one refuses every event.
     recorder.respond("/pd/v2/enqueue", &[429, 503]);
@@ -398,7 +398,7 @@ pub(crate) async fn escalations_reach_alertmanager_pagerduty_slack_and_a_signed_
 
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_receiver_down_for_two_minutes_gets_the_incident_once_when_it_returns() {
+async fn a_receiver_down_for_two_minutes_gets_the_incident_once_when_it_returns() {
     let client = crate::common::client().await;
     install_crds(&client).await;
     let name = unique("down");

@@ -108,7 +108,7 @@ impl Drop for OwnPrometheus {
 /// Prometheus comes back: the analysis resumes and the canary is promoted.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn prometheus_down_mid_analysis_pauses_and_its_return_resumes() {
+async fn prometheus_down_mid_analysis_pauses_and_its_return_resumes() {
     let mut prom = OwnPrometheus::start(&unique("ctl-prom")).await;
     let sc = Scenario {
         prometheus: prom.url(),
@@ -160,7 +160,7 @@ pub(crate) async fn prometheus_down_mid_analysis_pauses_and_its_return_resumes()
 /// survive.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_concurrent_route_writer_conflicts_and_keeps_its_fields() {
+async fn a_concurrent_route_writer_conflicts_and_keeps_its_fields() {
     let sc = Scenario {
         steps: json!([{"setWeight": 10, "duration": "2s"}, {"setWeight": 30, "duration": "2s"},
                       {"setWeight": 50, "duration": "2s"}]),

@@ -96,7 +96,7 @@ pub(crate) fn since_canary(s: &RolloutStatus) -> Vec<String> {
 /// plus 5 s and finishes the rollout, every step once.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_killed_leader_is_replaced_within_the_lease_duration() {
+async fn a_killed_leader_is_replaced_within_the_lease_duration() {
     let fx = Fixture::new("e2e-failover", &failover_scenario()).await;
     let (lease, leader, standby) = two_replicas(&fx, "failover").await;
     let standby_text = standby.metrics().await;
@@ -185,7 +185,7 @@ pub(crate) async fn a_killed_leader_is_replaced_within_the_lease_duration() {
 /// it must make no successful write: its fence closed by the clock, before it learns anything.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_leader_thawed_after_losing_its_lease_makes_no_write() {
+async fn a_leader_thawed_after_losing_its_lease_makes_no_write() {
     let fx = Fixture::new("e2e-frozen", &failover_scenario()).await;
     let (lease, leader, standby) = two_replicas(&fx, "frozen").await;
     fx.set_target(GOOD_B).await;
@@ -254,7 +254,7 @@ pub(crate) async fn a_leader_thawed_after_losing_its_lease_makes_no_write() {
 /// lease duration) and completes the saga with every step once and one incident.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn sigterm_mid_rollback_hands_the_lease_over_at_once() {
+async fn sigterm_mid_rollback_hands_the_lease_over_at_once() {
     let fx = Fixture::new("e2e-handover", &Scenario::default()).await;
     let (lease, leader, standby) = two_replicas(&fx, "handover").await;
     fx.deploy_bad(ERRORS).await;

@@ -45,7 +45,7 @@ pub(crate) fn service_account_kubeconfig(namespace: &str, account: &str, path: &
 /// the Rollout says which verb on which resource is missing instead of retrying in a loop.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permission() {
+async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permission() {
     let home = TestNamespace::create("e2e-chart-home").await;
     let release = unique("rg");
     let chart = repo_root().join("charts/rollguard").display().to_string();

@@ -10,7 +10,7 @@ use rollguard::api::rollout::RollbackStep;
 
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_rollback_survives_sigkill_after_every_saga_step() {
+async fn a_rollback_survives_sigkill_after_every_saga_step() {
     let fx = Fixture::new("ctl-kill", &Scenario::default()).await;
     let log = fx.log();
     let first = fx.controller();
@@ -54,7 +54,7 @@ pub(crate) async fn a_rollback_survives_sigkill_after_every_saga_step() {
 /// recorded once, there is one incident, and the bad Release is Unstable once.
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn a_rollback_survives_sigkill_between_each_steps_writes_and_its_record() {
+async fn a_rollback_survives_sigkill_between_each_steps_writes_and_its_record() {
     let fx = Fixture::new("ctl-kill-before", &Scenario::default()).await;
     let log = fx.log();
     let first = fx.controller();

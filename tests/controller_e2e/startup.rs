@@ -8,7 +8,7 @@ use crate::common::*;
 /// that cannot work, and a controller namespace that does not exist (where the Lease lives).
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
-pub(crate) async fn bad_start_up_settings_stop_the_controller_naming_what_is_wrong() {
+async fn bad_start_up_settings_stop_the_controller_naming_what_is_wrong() {
     let start = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_rollguard"))
             .args(["controller", "--listen", "127.0.0.1:0"])
