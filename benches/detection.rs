@@ -4,7 +4,9 @@
 //!
 //! `cargo bench --bench detection` (add `-- --quick` for a smoke run). Fixed seeds: the numbers
 //! are reproducible. Streams are per second: Poisson request counts per arm and binomial errors,
-//! a regression present from the first second; each method sees the identical stream.
+//! a regression present from the first second, or (the onset cells) starting 600 s into a
+//! healthy run, possibly with a weight step at that moment; each method sees the identical
+//! stream. Times to detect count from the regression's start.
 
 mod support;
 
@@ -34,7 +36,15 @@ struct Second {
     errors: f64,
 }
 
-fn stream(t: Traffic, mult: f64, seed: u64) -> Vec<(Second, Second)> {
+/// A regression that starts mid-run: at `at` seconds the canary's rate is multiplied, and the
+/// traffic becomes `then` when the onset is a weight step.
+#[derive(Clone, Copy)]
+struct Onset {
+    at: usize,
+    then: Option<Traffic>,
+}
+
+fn stream(t: Traffic, mult: f64, seed: u64, onset: Option<Onset>) -> Vec<(Second, Second)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let arm = |rps: f64, rate: f64, rng: &mut StdRng| {
         let n = Poisson::new(rps).map(|d| d.sample(rng)).unwrap_or(0.0) as u64;
@@ -47,7 +57,12 @@ fn stream(t: Traffic, mult: f64, seed: u64) -> Vec<(Second, Second)> {
         }
     };
     (0..HOUR)
-        .map(|_| {
+        .map(|second| {
+            let (t, mult) = match onset {
+                Some(o) if second < o.at => (t, 1.0),
+                Some(o) => (o.then.unwrap_or(t), mult),
+                None => (t, mult),
+            };
             let c = arm(t.canary_rps, t.base_rate * mult, &mut rng);
             let b = arm(t.baseline_rps, t.base_rate, &mut rng);
             (c, b)
@@ -78,11 +93,19 @@ fn sum(s: &[(Second, Second)]) -> (Second, Second) {
         })
 }
 
-/// rollguard's `errorRate` judgment with its defaults, evaluated every 5 s.
-struct Rollguard;
+/// rollguard's `errorRate` judgment with its defaults, evaluated every `every` seconds: 5 s,
+/// and 1 s, the cadence a provider that scrapes every second gets. The false-positive rate must
+/// not grow with the cadence.
+struct Rollguard {
+    every: usize,
+    name: &'static str,
+    /// With the change detector, as shipped; without it, the test from the start alone (what
+    /// rollguard did before the detector, at the same level), to show what it adds.
+    detector: bool,
+}
 impl Method for Rollguard {
     fn name(&self) -> &'static str {
-        "rollguard errorRate"
+        self.name
     }
     fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
         // The defaults a template gets when it names only the two queries.
@@ -91,10 +114,11 @@ impl Method for Rollguard {
         }))
         .expect("a minimal errorRate");
         let mut judge = ShareJudge::new(ShareConfig::from(&defaults));
-        s.chunks(EVAL_EVERY)
+        s.chunks(self.every)
             .enumerate()
             .map(|(i, chunk)| {
                 let (c, b) = sum(chunk);
+                let at = (i + 1) * self.every;
                 judge.observe(
                     ArmCounts {
                         requests: c.requests,
@@ -104,8 +128,14 @@ impl Method for Rollguard {
                         requests: b.requests,
                         events: b.errors,
                     },
+                    at as i64,
                 );
-                ((i + 1) * EVAL_EVERY, judge.fail_statistic())
+                let danger = if self.detector {
+                    judge.danger()
+                } else {
+                    judge.fail_statistic()
+                };
+                (at, danger)
             })
             .collect()
     }
@@ -179,6 +209,27 @@ struct Cell {
     label: &'static str,
     traffic: Traffic,
     multipliers: &'static [f64],
+    onset: Option<Onset>,
+}
+
+impl Cell {
+    fn from_start(label: &'static str, traffic: Traffic, multipliers: &'static [f64]) -> Cell {
+        Cell {
+            label,
+            traffic,
+            multipliers,
+            onset: None,
+        }
+    }
+}
+
+/// The first alarm after the onset, in seconds from it: alarms before it are the A/A part of
+/// the run, which the calibration already counts.
+fn after_onset(trace: &[(usize, f64)], threshold: f64, onset: usize) -> Option<usize> {
+    trace
+        .iter()
+        .find(|(t, v)| *t > onset && *v > threshold)
+        .map(|(t, _)| t - onset)
 }
 
 /// Per method: the maxima of the A/A runs, and per regression the first alarm of each run at
@@ -190,14 +241,23 @@ fn run_cell(
     null_runs: usize,
     det_runs: usize,
 ) -> Vec<String> {
-    let default_threshold = (1.0 / rollguard::analysis::share::ALPHA).ln();
-    let usual = |m: &dyn Method| match m.name() {
-        "rollguard errorRate" | "plain mixture e-process" => default_threshold,
-        _ => 0.01,
+    let default_threshold =
+        rollguard::analysis::share::fail_threshold(rollguard::analysis::share::ALPHA);
+    let usual = |m: &dyn Method| {
+        if m.name().starts_with("rollguard") || m.name() == "plain mixture e-process" {
+            default_threshold
+        } else {
+            0.01
+        }
     };
     // A/A: one stream per run, every method on the same stream.
     let maxima: Vec<Vec<f64>> = parallel(null_runs, |r| {
-        let s = stream(cell.traffic, 1.0, 1_000_000 * (ci as u64 + 1) + r as u64);
+        let s = stream(
+            cell.traffic,
+            1.0,
+            1_000_000 * (ci as u64 + 1) + r as u64,
+            cell.onset,
+        );
         methods.iter().map(|m| peak(&m.trace(&s))).collect()
     });
     let usuals: Vec<f64> = methods.iter().map(|m| usual(m.as_ref())).collect();
@@ -207,16 +267,22 @@ fn run_cell(
         // (calibrated, usual) first alarm per method per run.
         let alarms: Vec<Vec<(Option<usize>, Option<usize>)>> = parallel(det_runs, |r| {
             let seed = 9_000_000 * (ci as u64 + 1) + r as u64 + (mult * 1000.0) as u64;
-            let s = stream(cell.traffic, mult, seed);
+            let s = stream(cell.traffic, mult, seed, cell.onset);
             methods
                 .iter()
                 .enumerate()
                 .map(|(k, m)| {
                     let trace = m.trace(&s);
-                    (
-                        first_alarm(&trace, thresholds[k]),
-                        first_alarm(&trace, usual(m.as_ref())),
-                    )
+                    match cell.onset {
+                        Some(o) => (
+                            after_onset(&trace, thresholds[k], o.at),
+                            after_onset(&trace, usual(m.as_ref()), o.at),
+                        ),
+                        None => (
+                            first_alarm(&trace, thresholds[k]),
+                            first_alarm(&trace, usual(m.as_ref())),
+                        ),
+                    }
                 })
                 .collect()
         });
@@ -237,72 +303,143 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (null_runs, det_runs) = if quick { (300, 60) } else { (2000, 300) };
     let cells = [
-        Cell {
-            label: "100 vs 100 rps, 0.5%",
-            traffic: Traffic {
+        Cell::from_start(
+            "100 vs 100 rps, 0.5%",
+            Traffic {
                 canary_rps: 100.0,
                 baseline_rps: 100.0,
                 base_rate: 0.005,
             },
-            multipliers: &[1.5, 2.0, 5.0],
+            &[1.5, 2.0, 5.0],
+        ),
+        Cell::from_start(
+            "10 vs 90 rps (10%), 0.5%",
+            Traffic {
+                canary_rps: 10.0,
+                baseline_rps: 90.0,
+                base_rate: 0.005,
+            },
+            &[1.5, 2.0, 4.0, 5.0],
+        ),
+        Cell::from_start(
+            "5 vs 95 rps (5%), 0.5%",
+            Traffic {
+                canary_rps: 5.0,
+                baseline_rps: 95.0,
+                base_rate: 0.005,
+            },
+            &[2.0, 5.0],
+        ),
+        Cell::from_start(
+            "50 vs 50 rps (50%), 0.5%",
+            Traffic {
+                canary_rps: 50.0,
+                baseline_rps: 50.0,
+                base_rate: 0.005,
+            },
+            &[2.0, 5.0],
+        ),
+        Cell::from_start(
+            "10 vs 10 rps, 0.5%",
+            Traffic {
+                canary_rps: 10.0,
+                baseline_rps: 10.0,
+                base_rate: 0.005,
+            },
+            &[2.0, 5.0],
+        ),
+        Cell::from_start(
+            "1000 vs 1000 rps, 0.05%",
+            Traffic {
+                canary_rps: 1000.0,
+                baseline_rps: 1000.0,
+                base_rate: 0.0005,
+            },
+            &[1.5, 2.0, 5.0],
+        ),
+        Cell::from_start(
+            "100 vs 100 rps, 0.05%",
+            Traffic {
+                canary_rps: 100.0,
+                baseline_rps: 100.0,
+                base_rate: 0.0005,
+            },
+            &[1.5, 2.0, 5.0],
+        ),
+        Cell {
+            label: "5 vs 45 rps (10%), 0.5%, onset at 600 s",
+            traffic: Traffic {
+                canary_rps: 5.0,
+                baseline_rps: 45.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[4.0],
+            onset: Some(Onset {
+                at: 600,
+                then: None,
+            }),
         },
         Cell {
-            label: "10 vs 90 rps (10%), 0.5%",
+            label: "40 vs 360 rps (10%), 0.5%, onset at 600 s",
+            traffic: Traffic {
+                canary_rps: 40.0,
+                baseline_rps: 360.0,
+                base_rate: 0.005,
+            },
+            multipliers: &[2.0],
+            onset: Some(Onset {
+                at: 600,
+                then: None,
+            }),
+        },
+        Cell {
+            label: "2 vs 8 rps (20%), 1%, onset at 600 s",
+            traffic: Traffic {
+                canary_rps: 2.0,
+                baseline_rps: 8.0,
+                base_rate: 0.01,
+            },
+            multipliers: &[5.0],
+            onset: Some(Onset {
+                at: 600,
+                then: None,
+            }),
+        },
+        Cell {
+            label: "weight step 10% to 50% at 600 s (10 vs 90, then 50 vs 50 rps), 0.5%",
             traffic: Traffic {
                 canary_rps: 10.0,
                 baseline_rps: 90.0,
                 base_rate: 0.005,
             },
-            multipliers: &[1.5, 2.0, 4.0, 5.0],
-        },
-        Cell {
-            label: "5 vs 95 rps (5%), 0.5%",
-            traffic: Traffic {
-                canary_rps: 5.0,
-                baseline_rps: 95.0,
-                base_rate: 0.005,
-            },
-            multipliers: &[2.0, 5.0],
-        },
-        Cell {
-            label: "50 vs 50 rps (50%), 0.5%",
-            traffic: Traffic {
-                canary_rps: 50.0,
-                baseline_rps: 50.0,
-                base_rate: 0.005,
-            },
-            multipliers: &[2.0, 5.0],
-        },
-        Cell {
-            label: "10 vs 10 rps, 0.5%",
-            traffic: Traffic {
-                canary_rps: 10.0,
-                baseline_rps: 10.0,
-                base_rate: 0.005,
-            },
-            multipliers: &[2.0, 5.0],
-        },
-        Cell {
-            label: "1000 vs 1000 rps, 0.05%",
-            traffic: Traffic {
-                canary_rps: 1000.0,
-                baseline_rps: 1000.0,
-                base_rate: 0.0005,
-            },
-            multipliers: &[1.5, 2.0, 5.0],
-        },
-        Cell {
-            label: "100 vs 100 rps, 0.05%",
-            traffic: Traffic {
-                canary_rps: 100.0,
-                baseline_rps: 100.0,
-                base_rate: 0.0005,
-            },
-            multipliers: &[1.5, 2.0, 5.0],
+            multipliers: &[2.0, 4.0],
+            onset: Some(Onset {
+                at: 600,
+                then: Some(Traffic {
+                    canary_rps: 50.0,
+                    baseline_rps: 50.0,
+                    base_rate: 0.005,
+                }),
+            }),
         },
     ];
+
     let methods: Vec<Box<dyn Method + Sync>> = vec![
-        Box::new(Rollguard),
+        Box::new(Rollguard {
+            every: EVAL_EVERY,
+            name: "rollguard errorRate",
+            detector: true,
+        }),
+        Box::new(Rollguard {
+            every: 1,
+            name: "rollguard errorRate, every 1 s",
+            detector: true,
+        }),
+        Box::new(Rollguard {
+            every: EVAL_EVERY,
+            name: "rollguard errorRate without the change detector",
+            detector: false,
+        }),
         Box::new(PlainMixture),
         Box::new(PerMinute {
             name: "Argo result>=0.99, failureLimit 3",

@@ -85,18 +85,38 @@ fn second(rps: f64, probs: &[f64; 17], rng: &mut StdRng) -> Counts {
     out
 }
 
-fn stream(c_rps: f64, b_rps: f64, shape: Shape, seed: u64) -> Vec<(Counts, Counts)> {
+/// An hour of per-second buckets; the canary takes `shape` from `onset` (the start when None).
+fn stream(
+    c_rps: f64,
+    b_rps: f64,
+    shape: Shape,
+    seed: u64,
+    onset: Option<usize>,
+) -> Vec<(Counts, Counts)> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let canary = bucket_probabilities(shape);
+    let changed = bucket_probabilities(shape);
     let baseline = bucket_probabilities(Shape::Same);
     (0..HOUR)
-        .map(|_| {
+        .map(|t| {
+            let canary = if onset.is_some_and(|o| t < o) {
+                &baseline
+            } else {
+                &changed
+            };
             (
-                second(c_rps, &canary, &mut rng),
+                second(c_rps, canary, &mut rng),
                 second(b_rps, &baseline, &mut rng),
             )
         })
         .collect()
+}
+
+/// The first alarm after the onset, in seconds from it.
+fn after_onset(trace: &[(usize, f64)], threshold: f64, onset: usize) -> Option<usize> {
+    trace
+        .iter()
+        .find(|(t, v)| *t > onset && *v > threshold)
+        .map(|(t, _)| t - onset)
 }
 
 fn answer(cumulative: &Counts) -> Vec<Series> {
@@ -143,7 +163,7 @@ impl Method for Rollguard {
     }
     fn usual(&self) -> f64 {
         // Each of the three default quantiles is tested at α/3.
-        (3.0 / rollguard::analysis::share::ALPHA).ln()
+        rollguard::analysis::share::fail_threshold(rollguard::analysis::share::ALPHA / 3.0)
     }
     fn trace(&self, s: &[(Counts, Counts)]) -> Vec<(usize, f64)> {
         let spec: Latency = serde_json::from_value(serde_json::json!({"buckets": "b"}))
@@ -157,7 +177,7 @@ impl Method for Rollguard {
                 b[i] += bs[i];
             }
             if t % EVAL_EVERY == 0 {
-                let tick = judge.observe(&answer(&c), &answer(&b));
+                let tick = judge.observe(&answer(&c), &answer(&b), t as i64);
                 let danger = tick.statistic.map_or(f64::NEG_INFINITY, |s| s.0);
                 out.push((t, danger));
             }
@@ -218,11 +238,21 @@ fn main() {
             limit: 5,
         }),
     ];
-    let cells: [(&str, f64, f64); 2] = [
-        ("100 vs 100 rps", 100.0, 100.0),
-        ("10 vs 90 rps", 10.0, 90.0),
+    let from_start = [Shape::Median(1.3), Shape::Tail(1.6)];
+    let mid_run = [Shape::Median(1.6), Shape::Tail(1.6)];
+    // (label, canary rps, baseline rps, onset, regressions)
+    type Cell<'a> = (&'a str, f64, f64, Option<usize>, &'a [Shape]);
+    let cells: [Cell; 3] = [
+        ("100 vs 100 rps", 100.0, 100.0, None, &from_start),
+        ("10 vs 90 rps", 10.0, 90.0, None, &from_start),
+        (
+            "20 vs 80 rps, onset at 600 s",
+            20.0,
+            80.0,
+            Some(600),
+            &mid_run,
+        ),
     ];
-    let shapes = [Shape::Median(1.3), Shape::Tail(1.6)];
     let started = std::time::Instant::now();
     println!(
         "latency detection: {null_runs} A/A hours and {det_runs} regression runs per cell; calibrated to {:.0}% FP per rollout-hour\n",
@@ -232,13 +262,14 @@ fn main() {
         "| traffic | regression | method | detected | median TTD | p90 TTD | FP at usual | median TTD at usual |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (ci, (label, c_rps, b_rps)) in cells.iter().enumerate() {
+    for (ci, (label, c_rps, b_rps, onset, shapes)) in cells.iter().enumerate() {
         let maxima: Vec<Vec<f64>> = parallel(null_runs, |r| {
             let s = stream(
                 *c_rps,
                 *b_rps,
                 Shape::Same,
                 5_000_000 * (ci as u64 + 1) + r as u64,
+                None,
             );
             methods.iter().map(|m| peak(&m.trace(&s))).collect()
         });
@@ -247,16 +278,22 @@ fn main() {
         for (si, shape) in shapes.iter().enumerate() {
             let alarms: Vec<Vec<(Option<usize>, Option<usize>)>> = parallel(det_runs, |r| {
                 let seed = 7_000_000 * (ci as u64 + 1) + 100_000 * si as u64 + r as u64;
-                let s = stream(*c_rps, *b_rps, *shape, seed);
+                let s = stream(*c_rps, *b_rps, *shape, seed, *onset);
                 methods
                     .iter()
                     .enumerate()
                     .map(|(k, m)| {
                         let trace = m.trace(&s);
-                        (
-                            first_alarm(&trace, thresholds[k]),
-                            first_alarm(&trace, m.usual()),
-                        )
+                        match onset {
+                            Some(o) => (
+                                after_onset(&trace, thresholds[k], *o),
+                                after_onset(&trace, m.usual(), *o),
+                            ),
+                            None => (
+                                first_alarm(&trace, thresholds[k]),
+                                first_alarm(&trace, m.usual()),
+                            ),
+                        }
                     })
                     .collect()
             });

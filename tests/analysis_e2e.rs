@@ -51,6 +51,23 @@ async fn answers_and_every_kind_of_missing_value_from_the_real_prometheus() {
     assert!(err.to_string().contains("range vector"), "{err}");
 }
 
+/// The cadence of errorRate and latency follows the scrape interval, read from the real
+/// Prometheus's configuration (the environment scrapes every second).
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn the_scrape_interval_is_read_from_the_prometheus_configuration() {
+    let prom = source(&prometheus_url(), Duration::from_secs(5));
+    assert_eq!(
+        prom.scrape_interval().await.expect("the configuration"),
+        Duration::from_secs(1)
+    );
+    let elsewhere = source(
+        &format!("{}/not-prometheus/", prometheus_url()),
+        Duration::from_secs(5),
+    );
+    assert!(elsewhere.scrape_interval().await.is_err());
+}
+
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_wrong_path_is_an_http_error_with_the_status() {

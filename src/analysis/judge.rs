@@ -23,17 +23,17 @@ pub type Answer = Result<Vec<Series>, SourceError>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-/// The side of a comparison a query measures: the canary, or the baseline it is judged against.
-pub enum Side {
+/// The cohort a query measures: the canary, or the baseline it is judged against.
+pub enum Cohort {
     Canary,
     Baseline,
 }
 
-impl std::fmt::Display for Side {
+impl std::fmt::Display for Cohort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Side::Canary => "canary",
-            Side::Baseline => "baseline",
+            Cohort::Canary => "canary",
+            Cohort::Baseline => "baseline",
         })
     }
 }
@@ -114,14 +114,14 @@ impl Judgment {
         }
     }
 
-    fn from_source(arm: Side, role: Role, e: &SourceError) -> Judgment {
+    fn from_source(arm: Cohort, role: Role, e: &SourceError) -> Judgment {
         Judgment::problem(
             Problem::QueryFailed(e.to_string()),
             format!("{arm} {role} query failed: {e}"),
         )
     }
 
-    fn from_no_value(arm: Side, e: &NoValue) -> Judgment {
+    fn from_no_value(arm: Cohort, e: &NoValue) -> Judgment {
         let reason = format!("{arm}: {e}");
         match e {
             NoValue::Empty | NoValue::NaN => Judgment::problem(Problem::NoData, reason),
@@ -168,12 +168,12 @@ impl Judge {
     }
 
     /// The queries of one measurement, in the order `observe` takes their answers.
-    pub fn queries<'a>(&'a self, metric: &'a Metric) -> Vec<(Side, Role, &'a str)> {
+    pub fn queries<'a>(&'a self, metric: &'a Metric) -> Vec<(Cohort, Role, &'a str)> {
         match self {
-            Judge::Threshold(t) => vec![(Side::Canary, Role::Value, t.query.as_str())],
+            Judge::Threshold(t) => vec![(Cohort::Canary, Role::Value, t.query.as_str())],
             Judge::Relative(r) => vec![
-                (Side::Canary, Role::Value, r.query.as_str()),
-                (Side::Baseline, Role::Value, r.query.as_str()),
+                (Cohort::Canary, Role::Value, r.query.as_str()),
+                (Cohort::Baseline, Role::Value, r.query.as_str()),
             ],
             Judge::ErrorRate(_) => {
                 let (requests, errors) = metric
@@ -181,24 +181,24 @@ impl Judge {
                     .as_ref()
                     .map_or(("", ""), |e| (e.requests.as_str(), e.errors.as_str()));
                 vec![
-                    (Side::Canary, Role::Requests, requests),
-                    (Side::Canary, Role::Errors, errors),
-                    (Side::Baseline, Role::Requests, requests),
-                    (Side::Baseline, Role::Errors, errors),
+                    (Cohort::Canary, Role::Requests, requests),
+                    (Cohort::Canary, Role::Errors, errors),
+                    (Cohort::Baseline, Role::Requests, requests),
+                    (Cohort::Baseline, Role::Errors, errors),
                 ]
             }
             Judge::Latency(_) => {
                 let buckets = metric.latency.as_ref().map_or("", |l| l.buckets.as_str());
                 vec![
-                    (Side::Canary, Role::Buckets, buckets),
-                    (Side::Baseline, Role::Buckets, buckets),
+                    (Cohort::Canary, Role::Buckets, buckets),
+                    (Cohort::Baseline, Role::Buckets, buckets),
                 ]
             }
         }
     }
 
-    /// Takes the answers to [`Judge::queries`], in order.
-    pub fn observe(&mut self, roles: &[(Side, Role)], answers: &[Answer]) -> Judgment {
+    /// Takes the answers to [`Judge::queries`], in order, measured at `at` (unix seconds).
+    pub fn observe(&mut self, roles: &[(Cohort, Role)], answers: &[Answer], at: i64) -> Judgment {
         if let Some(((arm, role), Err(e))) = roles.iter().zip(answers).find(|(_, a)| a.is_err()) {
             // The counters of the other queries stay anchored where they were; the next good
             // measurement counts everything since then.
@@ -211,9 +211,9 @@ impl Judge {
         match self {
             Judge::Threshold(t) => threshold(t, ok[0]),
             Judge::Relative(r) => relative(r, ok[0], ok[1]),
-            Judge::ErrorRate(e) => e.observe(ok[0], ok[1], ok[2], ok[3]),
+            Judge::ErrorRate(e) => e.observe(ok[0], ok[1], ok[2], ok[3], at),
             Judge::Latency(l) => {
-                let t = l.observe(ok[0], ok[1]);
+                let t = l.observe(ok[0], ok[1], at);
                 let (canary, baseline) = t.counts.unzip();
                 Judgment {
                     verdict: t.verdict,
@@ -235,7 +235,7 @@ impl Judge {
 fn threshold(t: &Threshold, canary: &[Series]) -> Judgment {
     let value = match scalar(canary) {
         Ok(v) => v,
-        Err(e) => return Judgment::from_no_value(Side::Canary, &e),
+        Err(e) => return Judgment::from_no_value(Cohort::Canary, &e),
     };
     let statistic = |threshold: f64| {
         Some(Statistic {
@@ -275,11 +275,11 @@ fn threshold(t: &Threshold, canary: &[Series]) -> Judgment {
 fn relative(r: &Relative, canary: &[Series], baseline: &[Series]) -> Judgment {
     let c = match scalar(canary) {
         Ok(v) => v,
-        Err(e) => return Judgment::from_no_value(Side::Canary, &e),
+        Err(e) => return Judgment::from_no_value(Cohort::Canary, &e),
     };
     let b = match scalar(baseline) {
         Ok(v) => v,
-        Err(e) => return Judgment::from_no_value(Side::Baseline, &e),
+        Err(e) => return Judgment::from_no_value(Cohort::Baseline, &e),
     };
     let limit = b * r.max_ratio + r.max_delta;
     let statistic = Some(Statistic {
@@ -326,11 +326,12 @@ impl ErrorRateJudge {
         c_err: &[Series],
         b_req: &[Series],
         b_err: &[Series],
+        at: i64,
     ) -> Judgment {
         let answers = [c_req, c_err, b_req, b_err];
         // Requests with no series is no data; errors with none means no error has happened
         // yet (a counter with a status-code label appears only once one has).
-        for (arm, a) in [(Side::Canary, c_req), (Side::Baseline, b_req)] {
+        for (arm, a) in [(Cohort::Canary, c_req), (Cohort::Baseline, b_req)] {
             if a.is_empty() {
                 return Judgment::from_no_value(arm, &NoValue::Empty);
             }
@@ -371,7 +372,7 @@ impl ErrorRateJudge {
             requests: inc[2].value,
             events: errors(3, b_err),
         };
-        for (arm, counts) in [(Side::Canary, canary), (Side::Baseline, baseline)] {
+        for (arm, counts) in [(Cohort::Canary, canary), (Cohort::Baseline, baseline)] {
             if counts.requests <= 0.0 {
                 return Judgment {
                     canary: Some(self.share.canary()),
@@ -383,15 +384,15 @@ impl ErrorRateJudge {
                 };
             }
         }
-        self.share.observe(canary, baseline);
+        self.share.observe(canary, baseline, at);
         let (verdict, reason) = self.share.verdict();
         Judgment {
             canary: Some(self.share.canary()),
             baseline: Some(self.share.baseline()),
             statistic: Some(Statistic {
-                name: "ln e, canary worse".into(),
-                value: self.share.fail_statistic().max(-1e300),
-                threshold: (1.0 / self.share.config().alpha).ln(),
+                name: "ln e, canary worse (from the start, or since a change)".into(),
+                value: self.share.danger().max(-1e300),
+                threshold: self.share.fail_threshold(),
             }),
             ..Judgment::new(verdict, reason)
         }
@@ -434,8 +435,8 @@ mod tests {
     }
 
     fn measure(judge: &mut Judge, m: &Metric, answers: Vec<Answer>) -> Judgment {
-        let roles: Vec<(Side, Role)> = judge.queries(m).iter().map(|q| (q.0, q.1)).collect();
-        judge.observe(&roles, &answers)
+        let roles: Vec<(Cohort, Role)> = judge.queries(m).iter().map(|q| (q.0, q.1)).collect();
+        judge.observe(&roles, &answers, 0)
     }
 
     #[test]

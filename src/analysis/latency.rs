@@ -248,7 +248,7 @@ impl LatencyJudge {
         }
     }
 
-    pub fn observe(&mut self, canary: &[Series], baseline: &[Series]) -> LatencyTick {
+    pub fn observe(&mut self, canary: &[Series], baseline: &[Series], at: i64) -> LatencyTick {
         let c = self.canary.advance(canary);
         let b = self.baseline.advance(baseline);
         let (c, b) = match (c, b) {
@@ -295,6 +295,7 @@ impl LatencyJudge {
                     requests: b.total(),
                     events: b.above(t.boundary),
                 },
+                at,
             );
         }
         self.judge()
@@ -338,12 +339,7 @@ impl LatencyJudge {
         let statistic = self
             .tests
             .iter()
-            .map(|t| {
-                (
-                    t.judge.fail_statistic(),
-                    (1.0 / t.judge.config().alpha).ln(),
-                )
-            })
+            .map(|t| (t.judge.danger(), t.judge.fail_threshold()))
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let verdicts: Vec<(Verdict, String)> = self
             .tests
@@ -517,7 +513,7 @@ mod tests {
         for _ in 0..ticks {
             c = add(&c, &tick(500.0, canary_shares));
             b = add(&b, &tick(500.0, base));
-            let t = j.observe(&answer(&c), &answer(&b));
+            let t = j.observe(&answer(&c), &answer(&b), 0);
             last = (t.verdict, t.reason);
             if t.verdict == Verdict::Fail {
                 break;
@@ -545,10 +541,10 @@ mod tests {
         let mut j = LatencyJudge::new(&spec());
         let base = [0.3, 0.3, 0.3, 0.08, 0.015, 0.005];
         let a = tick(100.0, base);
-        let t = j.observe(&answer(&a), &answer(&a));
+        let t = j.observe(&answer(&a), &answer(&a), 0);
         assert!(t.reason.contains("anchoring"), "{}", t.reason);
         let b = add(&a, &tick(100.0, base));
-        let t = j.observe(&answer(&b), &answer(&b));
+        let t = j.observe(&answer(&b), &answer(&b), 0);
         assert!(t.reason.contains("learning"), "{}", t.reason);
         assert!(j.boundaries().is_empty());
     }
@@ -557,8 +553,8 @@ mod tests {
     fn zero_traffic_is_no_data_never_pass() {
         let mut j = LatencyJudge::new(&spec());
         let a = tick(100.0, [0.3, 0.3, 0.3, 0.08, 0.015, 0.005]);
-        j.observe(&answer(&a), &answer(&a));
-        let t = j.observe(&answer(&a), &answer(&a));
+        j.observe(&answer(&a), &answer(&a), 0);
+        let t = j.observe(&answer(&a), &answer(&a), 0);
         assert!(t.no_data);
         assert_eq!(t.verdict, Verdict::Inconclusive);
     }
@@ -574,7 +570,7 @@ mod tests {
         let mut last = None;
         for _ in 0..30 {
             c = add(&c, &tick(500.0, shares));
-            last = Some(j.observe(&answer(&c), &answer(&c)));
+            last = Some(j.observe(&answer(&c), &answer(&c), 0));
         }
         let t = last.expect("ticks");
         // p99 of these buckets is ≈ 0.83 s, far above 200 ms.

@@ -2,6 +2,7 @@
 //! per-arm measurements into Pass, Fail or Inconclusive with evidence.
 
 pub mod bounds;
+pub mod change;
 pub mod counters;
 pub mod judge;
 pub mod latency;

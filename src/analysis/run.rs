@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::judge::{Answer, Judge, Judgment, Problem, Role, Side};
+use super::judge::{Answer, Cohort, Judge, Judgment, Problem, Role};
 use super::render::{Bindings, RenderError, bind_args, render, shift_back};
 use super::source::{MetricSource, SourceError};
 use super::verdict::Verdict;
@@ -75,7 +75,7 @@ pub struct Target {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryEvidence {
-    pub arm: Side,
+    pub arm: Cohort,
     pub role: Role,
     pub promql: String,
     /// The value, when the answer was a single series.
@@ -133,16 +133,25 @@ impl Decision {
 }
 
 /// A query of a metric as sent: the arm, what it measures, the PromQL.
-pub type RenderedQuery<'a> = (Side, Role, &'a str);
+pub type RenderedQuery<'a> = (Cohort, Role, &'a str);
 
 struct MetricRun {
     metric: Metric,
     judge: Judge,
-    queries: Vec<(Side, Role, String)>,
+    queries: Vec<(Cohort, Role, String)>,
     interval_secs: i64,
+    /// The template's interval: problems in a row are counted at most once per interval, so
+    /// that `inconclusiveLimit` means the same time however often the metric is measured.
+    declared_secs: i64,
+    /// When the last problem was counted.
+    problem_counted_at: Option<i64>,
+    /// When the judge last saw answers.
+    judged_at: Option<i64>,
     last_at: Option<i64>,
     problems_in_a_row: u32,
     last: Option<Measurement>,
+    /// The answers the judge last saw, for the cheap path when nothing changed.
+    last_answers: Option<Vec<Answer>>,
 }
 
 /// A template bound to one canary and baseline.
@@ -175,8 +184,8 @@ impl AnalysisRun {
             for (arm, role, template) in judge.queries(metric) {
                 let bindings = Bindings {
                     arm: match arm {
-                        Side::Canary => target.canary.clone(),
-                        Side::Baseline => target.baseline.clone(),
+                        Cohort::Canary => target.canary.clone(),
+                        Cohort::Baseline => target.baseline.clone(),
                     },
                     namespace: target.namespace.clone(),
                     args: args.clone(),
@@ -184,7 +193,7 @@ impl AnalysisRun {
                 let path = || query_path(i, metric, role);
                 let mut promql = render(template, &bindings, &types)
                     .map_err(|e| ConfigError::render(path(), &e))?;
-                if let (Side::Baseline, Some(seconds)) = (arm, target.baseline_offset) {
+                if let (Cohort::Baseline, Some(seconds)) = (arm, target.baseline_offset) {
                     promql = shift_back(&promql, seconds)
                         .map_err(|e| ConfigError::render(path(), &e))?;
                 }
@@ -195,9 +204,13 @@ impl AnalysisRun {
                 judge,
                 queries,
                 interval_secs: (interval.as_secs() as i64).max(1),
+                declared_secs: (interval.as_secs() as i64).max(1),
+                problem_counted_at: None,
+                judged_at: None,
                 last_at: None,
                 problems_in_a_row: 0,
                 last: None,
+                last_answers: None,
             });
         }
         Ok(AnalysisRun {
@@ -205,6 +218,28 @@ impl AnalysisRun {
             on_inconclusive: spec.on_inconclusive,
             inconclusive_limit: spec.inconclusive_limit.max(1) as u32,
         })
+    }
+
+    /// Measures the anytime-valid metrics (`errorRate`, `latency`) of `provider` every
+    /// `every_secs` when that is more often than their interval: their false-positive guarantee
+    /// holds however often they are looked at, and a new sample can exist that often (the
+    /// provider's scrape interval). `threshold` and `relative` metrics keep their interval: each
+    /// extra look would be another chance to fail.
+    pub fn measure_every(&mut self, provider: &str, every_secs: u64) {
+        for m in &mut self.metrics {
+            let sequential = m.metric.error_rate.is_some() || m.metric.latency.is_some();
+            if sequential && m.metric.provider == provider {
+                m.interval_secs = m.interval_secs.min(every_secs.max(1) as i64);
+            }
+        }
+    }
+
+    /// Each metric's name and the seconds between its measurements.
+    pub fn intervals(&self) -> Vec<(&str, i64)> {
+        self.metrics
+            .iter()
+            .map(|m| (m.metric.name.as_str(), m.interval_secs))
+            .collect()
     }
 
     /// The rendered queries of each metric, for display.
@@ -285,16 +320,38 @@ impl AnalysisRun {
     /// Feeds the answers of metric `i`'s queries, measured at `at`, to its judge.
     pub fn record(&mut self, i: usize, answers: &[Answer], at: i64) -> Measurement {
         let m = &mut self.metrics[i];
-        let roles: Vec<(Side, Role)> = m.queries.iter().map(|(a, r, _)| (*a, *r)).collect();
-        let mut outcome: Judgment = m.judge.observe(&roles, answers);
+        // The cheap path: the same answers as the last judged ones, which had no problem, within
+        // the template's interval of them: no new scrape yet, and the judge is not asked again.
+        // Past the interval the same answers mean no traffic, which the judge must say.
+        if let Some(last) = m.last.as_ref().filter(|l| l.outcome.problem.is_none())
+            && m.last_answers.as_deref() == Some(answers)
+            && m.judged_at.is_some_and(|t| at - t < m.declared_secs)
+        {
+            let measurement = Measurement { at, ..last.clone() };
+            m.last_at = Some(at);
+            m.last = Some(measurement.clone());
+            return measurement;
+        }
+        m.last_answers = Some(answers.to_vec());
+        m.judged_at = Some(at);
+        let roles: Vec<(Cohort, Role)> = m.queries.iter().map(|(a, r, _)| (*a, *r)).collect();
+        let mut outcome: Judgment = m.judge.observe(&roles, answers, at);
         if outcome.problem == Some(Problem::NoData) && m.metric.on_no_data == NoDataAction::Fail {
             outcome.verdict = Verdict::Fail;
             outcome.reason = format!("no data, and onNoData is Fail: {}", outcome.reason);
         }
         if outcome.problem.is_some() && outcome.verdict == Verdict::Inconclusive {
-            m.problems_in_a_row += 1;
+            // Measured more often than its interval, a metric meets more empty ticks (a second
+            // without a canary request); they count once per interval, as before.
+            if m.problem_counted_at
+                .is_none_or(|t| at - t >= m.declared_secs)
+            {
+                m.problems_in_a_row += 1;
+                m.problem_counted_at = Some(at);
+            }
         } else {
             m.problems_in_a_row = 0;
+            m.problem_counted_at = None;
         }
         let queries = m
             .queries
@@ -442,14 +499,20 @@ mod tests {
         )
         .expect("run");
         let q = run.queries();
-        let rendered: Vec<(Side, &str)> = q[0].1.iter().map(|r| (r.0, r.2)).collect();
+        let rendered: Vec<(Cohort, &str)> = q[0].1.iter().map(|r| (r.0, r.2)).collect();
         assert_eq!(
             rendered,
             [
-                (Side::Canary, r#"sum(r{a="checkout-canary"})"#),
-                (Side::Canary, r#"sum(e{a="checkout-canary"})"#),
-                (Side::Baseline, r#"sum(r{a="checkout-canary"} offset 10m)"#),
-                (Side::Baseline, r#"sum(e{a="checkout-canary"} offset 10m)"#),
+                (Cohort::Canary, r#"sum(r{a="checkout-canary"})"#),
+                (Cohort::Canary, r#"sum(e{a="checkout-canary"})"#),
+                (
+                    Cohort::Baseline,
+                    r#"sum(r{a="checkout-canary"} offset 10m)"#
+                ),
+                (
+                    Cohort::Baseline,
+                    r#"sum(e{a="checkout-canary"} offset 10m)"#
+                ),
             ]
         );
     }
@@ -598,5 +661,103 @@ mod tests {
         let json = serde_json::to_value(&m).expect("json");
         assert_eq!(json["verdict"], "Pass");
         assert_eq!(json["statistic"]["threshold"], 1.0);
+    }
+
+    fn error_rate(name: &str, provider: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "provider": provider, "interval": "10s",
+            "errorRate": {"requests": "sum(r{a=\"{{arm}}\"})", "errors": "sum(e{a=\"{{arm}}\"})"},
+        })
+    }
+
+    #[test]
+    fn only_anytime_valid_metrics_follow_the_scrape_interval() {
+        let s = spec(serde_json::json!([
+            error_rate("errors", "prom"),
+            threshold("up", serde_json::json!({"interval": "10s"})),
+            error_rate("elsewhere", "other"),
+        ]));
+        let mut run = AnalysisRun::new(&s, &target()).expect("run");
+        run.measure_every("prom", 1);
+        assert_eq!(
+            run.intervals(),
+            vec![("errors", 1), ("up", 10), ("elsewhere", 10)],
+            "a threshold keeps its interval: each extra look is another chance to fail"
+        );
+        run.measure_every("other", 30);
+        assert_eq!(run.intervals()[2], ("elsewhere", 10), "never less often");
+        let counters = [one(100.0), one(1.0), one(100.0), one(1.0)];
+        run.record(0, &counters, 0);
+        run.record(1, &[one(0.5)], 0);
+        run.record(2, &counters, 0);
+        assert_eq!(run.next_due_in(0), Some(1));
+        assert_eq!(run.due(1), vec![0], "due again one scrape later");
+        assert_eq!(run.due(10), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn unchanged_answers_reuse_the_last_judgment_unless_it_had_a_problem() {
+        let s = spec(serde_json::json!([error_rate("errors", "prom")]));
+        let mut run = AnalysisRun::new(&s, &target()).expect("run");
+        let answers = [one(1000.0), one(5.0), one(1000.0), one(5.0)];
+        run.record(0, &answers, 0);
+        let grown = [one(2000.0), one(10.0), one(2000.0), one(10.0)];
+        let judged = run.record(0, &grown, 1);
+        let again = run.record(0, &grown, 2);
+        assert_eq!(again.at, 2);
+        assert_eq!(
+            again.outcome, judged.outcome,
+            "no new sample, the same judgment"
+        );
+        // The same counters a whole interval later: no traffic, and the judge says so.
+        let idle = run.record(0, &grown, 11);
+        assert_eq!(
+            idle.outcome.problem,
+            Some(Problem::NoData),
+            "{}",
+            idle.outcome.reason
+        );
+        // A judgment with a problem is asked again, so the inconclusive limit still counts.
+        let mut s = spec(serde_json::json!([threshold("m", serde_json::json!({}))]));
+        s.inconclusive_limit = 2;
+        let mut run = AnalysisRun::new(&s, &target()).expect("run");
+        run.record(0, &[Ok(vec![])], 0);
+        run.record(0, &[Ok(vec![])], 10);
+        assert!(
+            matches!(run.decision(), Decision::Inconclusive { .. }),
+            "{:?}",
+            run.decision()
+        );
+    }
+
+    #[test]
+    fn a_faster_cadence_counts_problems_once_per_interval() {
+        let mut s = spec(serde_json::json!([error_rate("errors", "prom")]));
+        s.inconclusive_limit = 3;
+        let mut run = AnalysisRun::new(&s, &target()).expect("run");
+        run.measure_every("prom", 1);
+        run.record(0, &[one(100.0), one(1.0), one(100.0), one(1.0)], 0);
+        // Seconds without a canary request: a problem each second, counted every 10 s.
+        for t in 1..=19 {
+            run.record(
+                0,
+                &[one(100.0), one(1.0), one(100.0 + t as f64), one(1.0)],
+                t,
+            );
+        }
+        assert_eq!(
+            run.decision(),
+            Decision::Running,
+            "two intervals of problems"
+        );
+        run.record(0, &[one(100.0), one(1.0), one(130.0), one(1.0)], 21);
+        assert!(
+            matches!(run.decision(), Decision::Inconclusive { .. }),
+            "the third interval: {:?}",
+            run.decision()
+        );
+        // One good measurement starts the count again.
+        run.record(0, &[one(110.0), one(1.0), one(140.0), one(1.0)], 22);
+        assert_eq!(run.decision(), Decision::Running);
     }
 }

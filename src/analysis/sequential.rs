@@ -39,7 +39,7 @@ pub enum Side {
 /// a smaller weight costs them little, while every nat of prior spent on far-off ratios delays
 /// the hard cases. Tuned on the detection benchmark (`benches/detection.rs`); any weights that
 /// sum to one keep the test valid.
-const WORSE_GRID: [(f64, f64); 5] = [
+pub const WORSE_GRID: [(f64, f64); 5] = [
     (1.5, 0.15),
     (2.0, 0.50),
     (3.0, 0.20),
@@ -58,6 +58,16 @@ pub struct ShareTest {
     components: Vec<(f64, f64, f64)>,
     /// Ticks that carried evidence.
     ticks: u64,
+}
+
+/// Whether a tick says anything about the ratio: both arms served requests, and there were
+/// events to share.
+pub(super) fn informative(canary_events: f64, baseline_events: f64, request_share: f64) -> bool {
+    request_share > 0.0
+        && request_share < 1.0
+        && canary_events >= 0.0
+        && baseline_events >= 0.0
+        && canary_events + baseline_events > 0.0
 }
 
 /// Probability that an event belongs to the canary, given its request share and rate ratio.
@@ -94,12 +104,7 @@ impl ShareTest {
     /// the tick's requests. A tick where one arm served nothing carries no information about
     /// the ratio and is skipped.
     pub fn update(&mut self, canary_events: f64, baseline_events: f64, request_share: f64) {
-        let informative = request_share > 0.0
-            && request_share < 1.0
-            && canary_events >= 0.0
-            && baseline_events >= 0.0
-            && canary_events + baseline_events > 0.0;
-        if !informative {
+        if !informative(canary_events, baseline_events, request_share) {
             return;
         }
         self.ticks += 1;
@@ -130,7 +135,7 @@ impl ShareTest {
     }
 }
 
-fn log_sum_exp(values: impl Iterator<Item = f64>) -> f64 {
+pub(super) fn log_sum_exp(values: impl Iterator<Item = f64>) -> f64 {
     let v: Vec<f64> = values.collect();
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {

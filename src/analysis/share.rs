@@ -4,24 +4,43 @@
 //! - **Fail** when the anytime-valid test rejects "the canary is no worse" at level α *and* the
 //!   difference matters in practice: the canary's observed rate is at least `toleratedRatio`
 //!   times the baseline's and exceeds it by at least `floor`.
+//! - **Fail** as well when the change detector ([`super::change`]) finds that the canary got
+//!   worse at some moment of the analysis, with the same practical conditions on the rates
+//!   since that moment: evidence from healthy minutes before a change does not dilute it.
 //! - **Pass** once both arms have `minRequests` and either the non-inferiority test rejects
 //!   "the canary is worse by `toleratedRatio` or more", or the canary's rate is provably below
 //!   the baseline's plus `floor` (the rule-of-three case of services with almost no errors).
 //! - **Inconclusive** otherwise, with what is missing.
 //!
-//! The guarantee: a canary that is no worse than its baseline is failed with probability at
-//! most α over the whole analysis, however often it is evaluated.
+//! The guarantee, however often it is evaluated: a canary that is no worse than its baseline
+//! is failed with probability at most α = 1% per rollout-hour. The budget is split
+//! ([`DETECTOR_SHARE`]): the test from the start gets 0.75 α over the whole analysis, however
+//! long, and the change detector 0.25 α per rollout-hour. A weight step needs no budget of its
+//! own: the detector considers every moment, a step's among them, as a possible start of a
+//! change.
 
 use serde::Serialize;
 
-use super::sequential::{ShareTest, Side, rate_upper_bound};
+use super::change::{self, ChangeDetector};
+use super::sequential::{ShareTest, Side, WORSE_GRID, rate_upper_bound};
 use super::verdict::Verdict;
 use crate::api::analysis::ErrorRate;
+use crate::time::format_time;
 
-/// Level of the failure test over a whole analysis.
+/// The false-positive budget of a judgment: the chance that a canary no worse than its
+/// baseline is failed, at most, per rollout-hour.
 pub const ALPHA: f64 = 0.01;
 /// Level of the evidence required for a Pass.
 pub const PASS_ALPHA: f64 = 0.05;
+/// The change detector's share of the budget α; the test from the start has the rest, over
+/// the whole analysis however long.
+pub const DETECTOR_SHARE: f64 = 0.25;
+
+/// ln threshold of the test from the start for a budget `alpha`: its level is
+/// `alpha · (1 − DETECTOR_SHARE)`.
+pub fn fail_threshold(alpha: f64) -> f64 {
+    (1.0 / (alpha * (1.0 - DETECTOR_SHARE))).ln()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +82,14 @@ impl ArmCounts {
     }
 }
 
+/// Where a detector tick began: the time and the arms' counts so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Mark {
+    at: i64,
+    canary: ArmCounts,
+    baseline: ArmCounts,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShareJudge {
     config: ShareConfig,
@@ -70,6 +97,11 @@ pub struct ShareJudge {
     not_worse: ShareTest,
     canary: ArmCounts,
     baseline: ArmCounts,
+    detector: ChangeDetector<Mark>,
+    /// The detector's tick in progress: where it began, and the increments pooled since.
+    pool: Option<(Mark, ArmCounts, ArmCounts)>,
+    /// When the last increments ended: where the next ones begin.
+    last_at: Option<i64>,
 }
 
 impl ShareJudge {
@@ -80,12 +112,16 @@ impl ShareJudge {
             not_worse: ShareTest::new(Side::NotWorse, config.tolerated_ratio),
             canary: ArmCounts::default(),
             baseline: ArmCounts::default(),
+            detector: ChangeDetector::new(1.0, &WORSE_GRID),
+            pool: None,
+            last_at: None,
         }
     }
 
-    /// Adds one tick's increments. Negative or non-finite increments (a counter reset that was
-    /// not caught upstream) are ignored rather than trusted.
-    pub fn observe(&mut self, canary: ArmCounts, baseline: ArmCounts) {
+    /// Adds the increments measured at `at` (unix seconds) since the last measurement.
+    /// Negative or non-finite increments (a counter reset that was not caught upstream) are
+    /// ignored rather than trusted.
+    pub fn observe(&mut self, canary: ArmCounts, baseline: ArmCounts, at: i64) {
         let sane = |c: &ArmCounts| {
             c.requests.is_finite()
                 && c.events.is_finite()
@@ -96,6 +132,7 @@ impl ShareJudge {
         if !sane(&canary) || !sane(&baseline) {
             return;
         }
+        self.pool_for_detector(canary, baseline, at);
         self.canary.requests += canary.requests;
         self.canary.events += canary.events;
         self.baseline.requests += baseline.requests;
@@ -106,6 +143,89 @@ impl ShareJudge {
             self.worse.update(canary.events, baseline.events, share);
             self.not_worse.update(canary.events, baseline.events, share);
         }
+    }
+
+    /// Pools increments into detector ticks of [`change::TICK_SECS`], each marked with the
+    /// time and counts at its start.
+    fn pool_for_detector(&mut self, canary: ArmCounts, baseline: ArmCounts, at: i64) {
+        let began = self.last_at.unwrap_or(at);
+        self.last_at = Some(at);
+        let (mark, c, b) = self.pool.get_or_insert((
+            Mark {
+                at: began,
+                canary: self.canary,
+                baseline: self.baseline,
+            },
+            ArmCounts::default(),
+            ArmCounts::default(),
+        ));
+        c.requests += canary.requests;
+        c.events += canary.events;
+        b.requests += baseline.requests;
+        b.events += baseline.events;
+        if at - mark.at < change::TICK_SECS {
+            return;
+        }
+        let (mark, c, b) = (*mark, *c, *b);
+        self.pool = None;
+        let total = c.requests + b.requests;
+        if total > 0.0 {
+            self.detector
+                .update(c.events, b.events, c.requests / total, mark);
+        }
+    }
+
+    /// The arms' counts since the change the detector points at, and when it began.
+    fn since_change(&self) -> (ArmCounts, ArmCounts, i64) {
+        let m = self.detector.since();
+        let minus = |now: ArmCounts, then: ArmCounts| ArmCounts {
+            requests: now.requests - then.requests,
+            events: now.events - then.events,
+        };
+        (
+            minus(self.canary, m.canary),
+            minus(self.baseline, m.baseline),
+            m.at,
+        )
+    }
+
+    /// Whether `canary` is worse than `baseline` by enough to matter: `toleratedRatio` times
+    /// the rate, and `floor` above it.
+    fn matters(&self, canary: ArmCounts, baseline: ArmCounts) -> bool {
+        let (Some(c), Some(b)) = (canary.rate(), baseline.rate()) else {
+            return false;
+        };
+        c >= b * self.config.tolerated_ratio && c - b >= self.config.floor
+    }
+
+    /// ln D of the change detector while the rates since the change matter, else −∞.
+    pub fn change_statistic(&self) -> f64 {
+        let (c, b, _) = self.since_change();
+        if self.matters(c, b) {
+            self.detector.ln_statistic()
+        } else {
+            f64::NEG_INFINITY
+        }
+    }
+
+    /// The detector's ln threshold: a false alarm in at most α·[`DETECTOR_SHARE`] of
+    /// rollout-hours.
+    pub fn change_threshold(&self) -> f64 {
+        change::ln_threshold(self.config.alpha * DETECTOR_SHARE)
+    }
+
+    /// The ln threshold of the test from the start.
+    pub fn fail_threshold(&self) -> f64 {
+        fail_threshold(self.config.alpha)
+    }
+
+    /// Both tests as one danger value on the scale of the test from the start: the larger of
+    /// its statistic and the detector's, shifted by the difference of their thresholds. It
+    /// reaches [`ShareJudge::fail_threshold`] exactly when one of them fails the canary; the
+    /// benchmark calibrates on it.
+    pub fn danger(&self) -> f64 {
+        let shift = self.change_threshold() - self.fail_threshold();
+        self.fail_statistic().max(self.change_statistic() - shift)
     }
 
     pub fn config(&self) -> &ShareConfig {
@@ -120,15 +240,10 @@ impl ShareJudge {
         self.baseline
     }
 
-    /// ln e of the failure test while the practical-significance conditions hold, else −∞.
-    /// The benchmark calibrates on it; `verdict` compares it with ln(1/α).
+    /// ln e of the failure test from the start while the practical-significance conditions
+    /// hold, else −∞. `verdict` compares it with ln(1/α).
     pub fn fail_statistic(&self) -> f64 {
-        let (Some(c), Some(b)) = (self.canary.rate(), self.baseline.rate()) else {
-            return f64::NEG_INFINITY;
-        };
-        let ratio_ok = c >= b * self.config.tolerated_ratio;
-        let floor_ok = c - b >= self.config.floor;
-        if ratio_ok && floor_ok {
+        if self.matters(self.canary, self.baseline) {
             self.worse.ln_e()
         } else {
             f64::NEG_INFINITY
@@ -139,7 +254,7 @@ impl ShareJudge {
     pub fn verdict(&self) -> (Verdict, String) {
         let cfg = &self.config;
         let pct = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{:.3}%", r * 100.0));
-        if self.fail_statistic() >= (1.0 / cfg.alpha).ln() {
+        if self.fail_statistic() >= self.fail_threshold() {
             return (
                 Verdict::Fail,
                 format!(
@@ -149,7 +264,23 @@ impl ShareJudge {
                     cfg.tolerated_ratio,
                     cfg.floor * 100.0,
                     short(self.worse.e_value()),
-                    1.0 / cfg.alpha
+                    short(self.fail_threshold().exp())
+                ),
+            );
+        }
+        if self.change_statistic() >= self.change_threshold() {
+            let (c, b, since) = self.since_change();
+            return (
+                Verdict::Fail,
+                format!(
+                    "canary {} vs baseline {} since {}: worse beyond toleratedRatio {} and floor {:.3}% from that moment (change detector, D = {} ≥ {})",
+                    pct(c.rate()),
+                    pct(b.rate()),
+                    format_time(since),
+                    cfg.tolerated_ratio,
+                    cfg.floor * 100.0,
+                    short(self.detector.ln_statistic().min(700.0).exp()),
+                    short(self.change_threshold().exp())
                 ),
             );
         }
@@ -227,7 +358,7 @@ mod tests {
         let mut j = judge();
         for _ in 0..12 {
             // 5 s at 100 rps per arm: canary 4% errors, baseline 0.5%.
-            j.observe(counts(500.0, 20.0), counts(500.0, 2.5));
+            j.observe(counts(500.0, 20.0), counts(500.0, 2.5), 0);
         }
         let (v, why) = j.verdict();
         assert_eq!(v, Verdict::Fail, "{why}");
@@ -238,7 +369,7 @@ mod tests {
     fn an_equal_canary_with_enough_traffic_passes() {
         let mut j = judge();
         for _ in 0..60 {
-            j.observe(counts(500.0, 10.0), counts(500.0, 10.0));
+            j.observe(counts(500.0, 10.0), counts(500.0, 10.0), 0);
         }
         assert_eq!(j.verdict().0, Verdict::Pass, "{}", j.verdict().1);
     }
@@ -246,7 +377,7 @@ mod tests {
     #[test]
     fn too_few_requests_is_inconclusive_never_pass() {
         let mut j = judge();
-        j.observe(counts(50.0, 0.0), counts(50.0, 0.0));
+        j.observe(counts(50.0, 0.0), counts(50.0, 0.0), 0);
         let (v, why) = j.verdict();
         assert_eq!(v, Verdict::Inconclusive);
         assert!(why.contains("not enough requests"), "{why}");
@@ -256,7 +387,7 @@ mod tests {
     fn zero_traffic_is_inconclusive() {
         let mut j = judge();
         for _ in 0..100 {
-            j.observe(counts(0.0, 0.0), counts(0.0, 0.0));
+            j.observe(counts(0.0, 0.0), counts(0.0, 0.0), 0);
         }
         assert_eq!(j.verdict().0, Verdict::Inconclusive);
     }
@@ -266,7 +397,7 @@ mod tests {
         let mut j = judge();
         // 20,000 requests per arm without an error: the canary's 95% bound is 0.015%, under
         // the 0.02% floor.
-        j.observe(counts(20_000.0, 0.0), counts(20_000.0, 0.0));
+        j.observe(counts(20_000.0, 0.0), counts(20_000.0, 0.0), 0);
         let (v, why) = j.verdict();
         assert_eq!(v, Verdict::Pass, "{why}");
         assert!(why.contains("bound"), "{why}");
@@ -276,7 +407,7 @@ mod tests {
     fn a_significant_but_tiny_difference_does_not_fail() {
         // 0.010% vs 0.005% over 40M requests per arm: statistically clear, but below the floor.
         let mut j = ShareJudge::new(ShareConfig::new(1.25, 0.0002, 200.0));
-        j.observe(counts(4e7, 4000.0), counts(4e7, 2000.0));
+        j.observe(counts(4e7, 4000.0), counts(4e7, 2000.0), 0);
         assert!(j.worse.rejects(ALPHA), "the test itself rejects");
         assert_ne!(j.verdict().0, Verdict::Fail, "{}", j.verdict().1);
     }
@@ -294,9 +425,53 @@ mod tests {
     #[test]
     fn corrupt_increments_are_ignored() {
         let mut j = judge();
-        j.observe(counts(-100.0, 5.0), counts(100.0, 1.0));
-        j.observe(counts(100.0, 500.0), counts(100.0, 1.0));
-        j.observe(counts(f64::NAN, 0.0), counts(100.0, 1.0));
+        j.observe(counts(-100.0, 5.0), counts(100.0, 1.0), 0);
+        j.observe(counts(100.0, 500.0), counts(100.0, 1.0), 0);
+        j.observe(counts(f64::NAN, 0.0), counts(100.0, 1.0), 0);
         assert_eq!(j.canary(), ArmCounts::default());
+    }
+
+    #[test]
+    fn a_regression_after_healthy_minutes_fails_from_its_onset() {
+        // 10% canary share; 0.5% errors on both arms for 10 minutes, then the canary's are x4.
+        let base = 1_800_000_000;
+        let mut j = ShareJudge::new(ShareConfig::new(1.25, 0.0002, 200.0));
+        for i in 1..=60 {
+            j.observe(counts(100.0, 0.5), counts(900.0, 4.5), base + 10 * i);
+            assert_ne!(j.verdict().0, Verdict::Fail, "healthy at {i}");
+        }
+        let mut after = 0;
+        while j.verdict().0 != Verdict::Fail {
+            after += 1;
+            assert!(after <= 30, "not caught within 300 s: {}", j.verdict().1);
+            j.observe(
+                counts(100.0, 2.0),
+                counts(900.0, 4.5),
+                base + 600 + 10 * after,
+            );
+        }
+        // The detector needs ln 72,000 = 11.2 nats plus its prior; about 1 nat a tick.
+        assert!(after <= 16, "{after} ticks after the onset");
+        assert!(
+            j.fail_statistic() < fail_threshold(ALPHA),
+            "the test from the start, diluted by the healthy minutes, has not failed yet"
+        );
+        let (_, why) = j.verdict();
+        assert!(why.contains("since 2027-01-15T08:10:00Z"), "{why}");
+        assert!(why.contains("change detector"), "{why}");
+        assert!(why.contains("canary 2.000% vs baseline 0.500%"), "{why}");
+    }
+
+    #[test]
+    fn the_change_detector_ignores_a_difference_too_small_to_matter() {
+        // x1.1 after the onset is below toleratedRatio 1.25: never a Fail, however long.
+        let base = 1_800_000_000;
+        let mut j = ShareJudge::new(ShareConfig::new(1.25, 0.0002, 200.0));
+        for i in 1..=360 {
+            let errors = if i > 60 { 5.5 } else { 5.0 };
+            j.observe(counts(1000.0, errors), counts(1000.0, 5.0), base + 10 * i);
+        }
+        assert_ne!(j.verdict().0, Verdict::Fail, "{}", j.verdict().1);
+        assert_eq!(j.change_statistic(), f64::NEG_INFINITY);
     }
 }

@@ -217,6 +217,30 @@ impl PrometheusSource {
         &self.address
     }
 
+    /// How often this Prometheus scrapes by default: `global.scrape_interval` of the
+    /// configuration it serves on `/api/v1/status/config` (Prometheus's own default, 1m, when
+    /// the configuration does not set it).
+    pub async fn scrape_interval(&self) -> Result<Duration, SourceError> {
+        let url = self
+            .query_url
+            .join("status/config")
+            .map_err(|e| SourceError::Config(format!("the config URL: {e}")))?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.map_error(e))?;
+        let status = response.status().as_u16();
+        let body = self.read_capped(response).await?;
+        if status != 200 {
+            return Err(SourceError::Decode(format!(
+                "/api/v1/status/config answered HTTP {status}"
+            )));
+        }
+        scrape_interval_of(&body)
+    }
+
     fn map_error(&self, e: reqwest::Error) -> SourceError {
         if e.is_timeout() {
             SourceError::Timeout {
@@ -250,6 +274,36 @@ impl PrometheusSource {
         }
         Ok(body)
     }
+}
+
+/// `global.scrape_interval` from the body of `/api/v1/status/config`.
+pub fn scrape_interval_of(body: &[u8]) -> Result<Duration, SourceError> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        data: ConfigData,
+    }
+    #[derive(serde::Deserialize)]
+    struct ConfigData {
+        yaml: String,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Yaml {
+        #[serde(default)]
+        global: Global,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Global {
+        #[serde(default)]
+        scrape_interval: Option<String>,
+    }
+    let bad = |why: String| SourceError::Decode(format!("the Prometheus configuration: {why}"));
+    let config: Config = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let yaml: Yaml = serde_saphyr::from_str(&config.data.yaml).map_err(|e| bad(e.to_string()))?;
+    let text = yaml.global.scrape_interval.unwrap_or_else(|| "1m".into());
+    humantime::parse_duration(&text)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| bad(format!("scrape_interval {text:?} is not a duration")))
 }
 
 /// An instant query's answer as Prometheus's HTTP API writes it.
@@ -568,5 +622,40 @@ mod tests {
         let err =
             PrometheusSource::new("not a url", Duration::from_secs(1), &Credentials::default());
         assert!(matches!(err, Err(SourceError::Config(_))), "{err:?}");
+    }
+
+    #[test]
+    fn the_scrape_interval_comes_from_the_global_section() {
+        let body = |yaml: &str| {
+            serde_json::json!({"status": "success", "data": {"yaml": yaml}}).to_string()
+        };
+        let config = "global:\n  scrape_interval: 1s\n  evaluation_interval: 15s\nscrape_configs:\n- job_name: sim\n  scrape_interval: 5s\n";
+        assert_eq!(
+            scrape_interval_of(body(config).as_bytes()),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            scrape_interval_of(body("global:\n  scrape_interval: 1m30s\n").as_bytes()),
+            Ok(Duration::from_secs(90))
+        );
+        assert_eq!(
+            scrape_interval_of(body("scrape_configs: []\n").as_bytes()),
+            Ok(Duration::from_secs(60)),
+            "Prometheus's own default"
+        );
+        for bad in [
+            body("global:\n  scrape_interval: often\n"),
+            body("global:\n  scrape_interval: 0s\n"),
+            body("global: [unclosed\n"),
+            "not json".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    scrape_interval_of(bad.as_bytes()),
+                    Err(SourceError::Decode(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

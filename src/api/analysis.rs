@@ -116,7 +116,9 @@ pub struct Metric {
     pub name: String,
     /// Name of the cluster-scoped MetricProvider that answers the queries.
     pub provider: String,
-    /// How often the metric is measured.
+    /// How often the metric is measured. errorRate and latency metrics are measured more often
+    /// when their provider's Prometheus scrapes more often: their tests stay valid however
+    /// often they look, and each new sample is evidence.
     #[serde(default = "default_interval")]
     pub interval: Duration,
     /// A Fail rolls back at once.

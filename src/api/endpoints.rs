@@ -44,6 +44,13 @@ pub struct PrometheusEndpoint {
     /// HTTP timeout of one query.
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
+    /// How often Prometheus scrapes the series this provider answers for: errorRate and latency
+    /// metrics are measured this often when it is shorter than their interval, since a new
+    /// sample can exist no sooner. Unset: read from Prometheus's configuration
+    /// (`global.scrape_interval`) when an analysis starts; if that cannot be read, each metric's
+    /// own interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token: Option<SecretKeyRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::args::{Output, parse_key_value};
-use crate::analysis::judge::Side;
+use crate::analysis::judge::Cohort;
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::{Credentials, PrometheusSource};
 use crate::time::{format_time, parse_time};
@@ -213,8 +213,8 @@ fn print_evidence(m: &Measurement, from: i64) {
         );
     }
     for (arm, counts) in [
-        (Side::Canary, m.outcome.canary),
-        (Side::Baseline, m.outcome.baseline),
+        (Cohort::Canary, m.outcome.canary),
+        (Cohort::Baseline, m.outcome.baseline),
     ] {
         if let Some(c) = counts {
             println!(

@@ -11,7 +11,7 @@ use super::error::CannotStart;
 use super::metrics::Metrics;
 use crate::analysis::source::{MetricSource, Series, SourceError};
 
-use crate::analysis::judge::Side;
+use crate::analysis::judge::Cohort;
 use crate::analysis::provider::{allows, connect};
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
 use crate::analysis::source::PrometheusSource;
@@ -32,6 +32,25 @@ pub enum Judged {
     Canary,
     /// The promoted stable against itself `offset` seconds ago, before the rollout began.
     PromotedStable { offset: u64 },
+}
+
+/// How often `provider` can have new samples: its declared `scrapeInterval`, or the one its
+/// Prometheus is configured with. None when neither is known; the metrics keep their interval.
+async fn scrape_interval(
+    provider: &str,
+    source: &PrometheusSource,
+    declared: Option<crate::api::common::Duration>,
+) -> Option<std::time::Duration> {
+    if let Some(d) = declared {
+        return d.parse().ok();
+    }
+    match source.scrape_interval().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::info!(provider, error = %e, "the scrape interval is unknown; metrics keep their interval");
+            None
+        }
+    }
 }
 
 /// One canary's analysis, kept between reconciles.
@@ -132,6 +151,7 @@ impl LiveRun {
         })
         .await
         .map_err(CannotStart::Rendering)??;
+        let mut runs = runs;
         let mut sources = HashMap::new();
         let mut broken = BTreeMap::new();
         providers.sort();
@@ -144,10 +164,16 @@ impl LiveRun {
                 )),
                 Ok(mp) => connect(client, controller_namespace, &mp)
                     .await
+                    .map(|source| (source, mp.spec.prometheus.scrape_interval.clone()))
                     .map_err(|e| format!("MetricProvider {p}: {e}")),
             };
             match result {
-                Ok(source) => {
+                Ok((source, declared)) => {
+                    if let Some(every) = scrape_interval(&p, &source, declared).await {
+                        for (_, run) in &mut runs {
+                            run.measure_every(&p, every.as_secs());
+                        }
+                    }
                     let timed = Timed {
                         provider: p.clone(),
                         source,
@@ -294,8 +320,8 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
                 name: format!(
                     "{} {}",
                     match q.arm {
-                        Side::Canary => "canary",
-                        Side::Baseline => "baseline",
+                        Cohort::Canary => "canary",
+                        Cohort::Baseline => "baseline",
                     },
                     q.role
                 ),

@@ -8,6 +8,7 @@
 use serde_json::{Value, json};
 
 use super::route::{Backend, RouteError, RouteKind, RouteRule};
+use crate::rollout::workload::Arm;
 
 /// How a route's backends map to the arms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,13 +21,6 @@ pub struct Arms {
     pub subsets: Option<(String, String)>,
     /// Istio: only these named http routes; all when empty.
     pub only: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Stable,
-    Canary,
-    Baseline,
 }
 
 /// Canary and baseline shares of traffic, in percent; the stable has the rest.
@@ -47,20 +41,20 @@ impl std::fmt::Display for Weights {
 }
 
 impl Arms {
-    fn side(&self, b: &Backend) -> Option<Side> {
+    fn side(&self, b: &Backend) -> Option<Arm> {
         if let Some((stable, canary)) = &self.subsets {
             return match b.subset.as_deref() {
-                Some(s) if s == stable => Some(Side::Stable),
-                Some(s) if s == canary => Some(Side::Canary),
+                Some(s) if s == stable => Some(Arm::Stable),
+                Some(s) if s == canary => Some(Arm::Canary),
                 _ => None,
             };
         }
         if b.service == self.stable {
-            Some(Side::Stable)
+            Some(Arm::Stable)
         } else if b.service == self.canary {
-            Some(Side::Canary)
+            Some(Arm::Canary)
         } else if self.baseline.as_deref() == Some(b.service.as_str()) {
-            Some(Side::Baseline)
+            Some(Arm::Baseline)
         } else {
             None
         }
@@ -68,7 +62,7 @@ impl Arms {
 
     /// The rules rollguard weights: those that name both the stable and the canary.
     /// The weight a rule gives to one side, or to all the arms together.
-    fn weight(&self, rule: &RouteRule, side: Option<Side>) -> u64 {
+    fn weight(&self, rule: &RouteRule, side: Option<Arm>) -> u64 {
         rule.backends
             .iter()
             .filter(|b| match side {
@@ -86,8 +80,8 @@ impl Arms {
                 self.only.is_empty() || r.name.as_ref().is_some_and(|n| self.only.contains(n))
             })
             .filter(|r| {
-                let sides: Vec<Side> = r.backends.iter().filter_map(|b| self.side(b)).collect();
-                sides.contains(&Side::Stable) && sides.contains(&Side::Canary)
+                let sides: Vec<Arm> = r.backends.iter().filter_map(|b| self.side(b)).collect();
+                sides.contains(&Arm::Stable) && sides.contains(&Arm::Canary)
             })
             .collect();
         if ours.is_empty() {
@@ -104,7 +98,7 @@ impl Arms {
             && let Some(i) = ours.iter().position(|r| {
                 !r.backends
                     .iter()
-                    .any(|b| self.side(b) == Some(Side::Baseline))
+                    .any(|b| self.side(b) == Some(Arm::Baseline))
             })
         {
             return Err(RouteError::Invalid {
@@ -123,12 +117,12 @@ pub fn read(kind: RouteKind, object: &Value, arms: &Arms) -> Result<Weights, Rou
     let mut out = Weights::default();
     for rule in arms.rules(&rules)? {
         let total = arms.weight(rule, None);
-        let share = |side: Side| -> i32 {
+        let share = |side: Arm| -> i32 {
             let w = arms.weight(rule, Some(side));
             (w * 100 + total / 2).checked_div(total).unwrap_or(0) as i32
         };
-        out.canary = out.canary.max(share(Side::Canary));
-        out.baseline = out.baseline.max(share(Side::Baseline));
+        out.canary = out.canary.max(share(Arm::Canary));
+        out.baseline = out.baseline.max(share(Arm::Baseline));
     }
     Ok(out)
 }
@@ -157,9 +151,9 @@ pub fn patch(
         let stable = total - canary - baseline;
         for b in &rule.backends {
             let want = match arms.side(b) {
-                Some(Side::Stable) => stable,
-                Some(Side::Canary) => canary,
-                Some(Side::Baseline) => baseline,
+                Some(Arm::Stable) => stable,
+                Some(Arm::Canary) => canary,
+                Some(Arm::Baseline) => baseline,
                 None => continue,
             };
             if u64::from(b.weight) != want || !has_weight(object, &b.weight_path) {
