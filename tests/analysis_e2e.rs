@@ -7,9 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rollguard::analysis::source::{
-    Credentials, MetricSource, NoValue, PrometheusSource, SourceError, scalar,
-};
+use rollguard::analysis::prometheus::{Credentials, PrometheusSource};
+use rollguard::analysis::source::{MetricSource, NoValue, SourceError, scalar};
 
 fn source(address: &str, timeout: Duration) -> PrometheusSource {
     PrometheusSource::new(address, timeout, &Credentials::default()).expect("valid source")

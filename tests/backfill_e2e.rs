@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, LogNormal, Poisson};
+use rollguard::analysis::prometheus::{Credentials, PrometheusSource};
 use rollguard::analysis::run::{AnalysisRun, Decision, Measurement, Target};
-use rollguard::analysis::source::{Credentials, PrometheusSource};
 use rollguard::analysis::verdict::Verdict;
 use rollguard::backtest::{Report, replay};
 

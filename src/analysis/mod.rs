@@ -6,6 +6,7 @@ pub mod change;
 pub mod counters;
 pub mod judge;
 pub mod latency;
+pub mod prometheus;
 pub mod provider;
 pub mod render;
 pub mod run;

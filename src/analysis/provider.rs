@@ -6,7 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use super::source::{Credentials, PrometheusSource, SourceError};
+use super::prometheus::{Credentials, PrometheusSource};
+use super::source::SourceError;
 use crate::api::common::SecretKeyRef;
 use crate::api::endpoints::{MetricProvider, MetricProviderSpec};
 use crate::secrets::{SecretData, read_secrets};

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 
 use super::args::{Output, parse_key_value};
 use crate::analysis::judge::Cohort;
+use crate::analysis::prometheus::{Credentials, PrometheusSource};
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
-use crate::analysis::source::{Credentials, PrometheusSource};
 use crate::time::{format_time, parse_time};
 
 #[derive(Debug, clap::Args)]

@@ -12,9 +12,9 @@ use super::metrics::Metrics;
 use crate::analysis::source::{MetricSource, Series, SourceError};
 
 use crate::analysis::judge::Cohort;
+use crate::analysis::prometheus::PrometheusSource;
 use crate::analysis::provider::{allows, connect};
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
-use crate::analysis::source::PrometheusSource;
 use crate::analysis::verdict::Verdict;
 use crate::api::analysis::{AnalysisTemplate, ClusterAnalysisTemplate, InconclusiveAction};
 use crate::api::common::bounded;
