@@ -93,6 +93,10 @@ pub struct Judgment {
     pub baseline: Option<ArmCounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statistic: Option<Statistic>,
+    /// Set when the change detector failed the canary: the moment (unix seconds) from which its
+    /// evidence counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worse_since: Option<i64>,
 }
 
 impl Judgment {
@@ -104,6 +108,7 @@ impl Judgment {
             canary: None,
             baseline: None,
             statistic: None,
+            worse_since: None,
         }
     }
 
@@ -226,6 +231,7 @@ impl Judge {
                         value,
                         threshold,
                     }),
+                    worse_since: t.worse_since,
                 }
             }
         }
@@ -394,6 +400,9 @@ impl ErrorRateJudge {
                 value: self.share.danger().max(-1e300),
                 threshold: self.share.fail_threshold(),
             }),
+            worse_since: (verdict == Verdict::Fail)
+                .then(|| self.share.worse_since())
+                .flatten(),
             ..Judgment::new(verdict, reason)
         }
     }
@@ -611,5 +620,36 @@ mod tests {
             vec![one(550.0), one(6.0), one(2000.0), one(20.0)],
         );
         assert_eq!(o.canary.expect("counts").requests, 500.0);
+    }
+
+    #[test]
+    fn a_fail_from_the_change_detector_says_since_when() {
+        let m = metric(serde_json::json!({
+            "errorRate": {"requests": "sum(r{a=\"{{arm}}\"})", "errors": "sum(e{a=\"{{arm}}\"})"}
+        }));
+        let mut judge = Judge::new(&m).expect("judge");
+        let roles: Vec<(Cohort, Role)> = judge.queries(&m).iter().map(|q| (q.0, q.1)).collect();
+        let base = 1_800_000_000;
+        let (mut cr, mut ce, mut br, mut be) = (0.0, 0.0, 0.0, 0.0);
+        // Ten healthy minutes at 0.5% on both arms, then the canary's errors x4.
+        for i in 0..=120 {
+            cr += 100.0;
+            ce += if i > 60 { 2.0 } else { 0.5 };
+            br += 900.0;
+            be += 4.5;
+            let j = judge.observe(&roles, &[one(cr), one(ce), one(br), one(be)], base + 10 * i);
+            if j.verdict == Verdict::Fail {
+                assert_eq!(j.worse_since, Some(base + 600), "{}", j.reason);
+                let json = serde_json::to_value(&j).expect("json");
+                assert_eq!(
+                    json["worseSince"],
+                    base + 600,
+                    "the backtest's JSON says it"
+                );
+                return;
+            }
+            assert_eq!(j.worse_since, None);
+        }
+        panic!("the change was never caught");
     }
 }

@@ -212,6 +212,9 @@ pub struct LatencyTick {
     pub counts: Option<(ArmCounts, ArmCounts)>,
     /// The largest failure statistic over the quantiles: (ln e, ln(1/α_k)).
     pub statistic: Option<(f64, f64)>,
+    /// When a quantile's change detector failed the canary: the moment its evidence counts
+    /// from.
+    pub worse_since: Option<i64>,
 }
 
 impl LatencyJudge {
@@ -362,9 +365,13 @@ impl LatencyJudge {
             no_data: false,
             counts,
             statistic,
+            worse_since: None,
         };
-        if let Some((_, why)) = verdicts.iter().find(|(v, _)| *v == Verdict::Fail) {
-            return tick(Verdict::Fail, why.clone());
+        if let Some(i) = verdicts.iter().position(|(v, _)| *v == Verdict::Fail) {
+            return LatencyTick {
+                worse_since: self.tests[i].judge.worse_since(),
+                ..tick(Verdict::Fail, verdicts[i].1.clone())
+            };
         }
         if let Some(cap) = self.spec.max_ms {
             let q = self.spec.quantiles.iter().copied().fold(0.0, f64::max);
@@ -400,6 +407,7 @@ impl LatencyJudge {
             no_data: false,
             counts: None,
             statistic: None,
+            worse_since: None,
         }
     }
 

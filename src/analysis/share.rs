@@ -208,6 +208,14 @@ impl ShareJudge {
         }
     }
 
+    /// When the change detector, and not the test from the start, fails the canary: the moment
+    /// (unix seconds) its evidence counts from.
+    pub fn worse_since(&self) -> Option<i64> {
+        let by_change = self.fail_statistic() < self.fail_threshold()
+            && self.change_statistic() >= self.change_threshold();
+        by_change.then(|| self.since_change().2)
+    }
+
     /// The detector's ln threshold: a false alarm in at most α·[`DETECTOR_SHARE`] of
     /// rollout-hours.
     pub fn change_threshold(&self) -> f64 {
@@ -458,6 +466,7 @@ mod tests {
         );
         let (_, why) = j.verdict();
         assert!(why.contains("since 2027-01-15T08:10:00Z"), "{why}");
+        assert_eq!(j.worse_since(), Some(base + 600));
         assert!(why.contains("change detector"), "{why}");
         assert!(why.contains("canary 2.000% vs baseline 0.500%"), "{why}");
     }
@@ -473,5 +482,6 @@ mod tests {
         }
         assert_ne!(j.verdict().0, Verdict::Fail, "{}", j.verdict().1);
         assert_eq!(j.change_statistic(), f64::NEG_INFINITY);
+        assert_eq!(j.worse_since(), None);
     }
 }

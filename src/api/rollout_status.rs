@@ -112,6 +112,10 @@ pub struct MetricEvidence {
     /// e.g. `ln e = 5.2 ≥ 4.6`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistic: Option<String>,
+    /// RFC 3339: when the change detector failed the canary, the moment its evidence counts
+    /// from (the canary got worse then, after a healthy stretch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worse_since: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queries: Vec<QueryValue>,
     /// Address of the Prometheus that answered, for graph links.

@@ -308,6 +308,7 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
         reason: bounded(&o.reason),
         at: format_time(m.at),
         counts,
+        worse_since: o.worse_since.map(format_time),
         source: None,
         statistic: o
             .statistic

@@ -37,6 +37,7 @@ pub fn evidence() -> MetricEvidence {
         at: "2026-11-22T10:00:07Z".into(),
         counts: Some("canary 42/1000, baseline 45/9000".into()),
         statistic: Some("ln e = 5.1 against 4.6".into()),
+        worse_since: None,
         queries: vec![QueryValue {
             name: "canary errors".into(),
             promql: r#"sum(http_requests_total{service="checkout-canary",code=~"5.."})"#.into(),
