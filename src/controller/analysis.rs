@@ -42,7 +42,18 @@ async fn scrape_interval(
     declared: Option<crate::api::common::Duration>,
 ) -> Option<std::time::Duration> {
     if let Some(d) = declared {
-        return d.parse().ok();
+        match d.parse() {
+            Ok(every) => return Some(every),
+            // The CRD's pattern admits only durations; a value humantime still refuses is said
+            // and the Prometheus configuration is read instead.
+            Err(e) => tracing::warn!(
+                provider,
+                field = "spec.prometheus.scrapeInterval",
+                value = %d.0,
+                error = %e,
+                "not a duration; reading the Prometheus configuration instead"
+            ),
+        }
     }
     match source.scrape_interval().await {
         Ok(d) => Some(d),
