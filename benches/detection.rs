@@ -205,6 +205,41 @@ impl Method for PerMinute {
     }
 }
 
+/// The best any method could do: a test that knows the baseline error rate and the size of
+/// the change, on the canary's errors alone, updated every second. For a regression present
+/// from the start it is Wald's SPRT, the test with the smallest mean sample size at its error
+/// rates (Wald and Wolfowitz 1948); for a regression with an onset it is CUSUM, which has the
+/// smallest worst-case delay at a given mean time to a false alarm (Lorden 1971, Moustakides
+/// 1986). Calibrated to the same false-positive rate as the others, its time to detect is the
+/// information limit of the cell. No real method knows these two numbers.
+struct Oracle {
+    mult: f64,
+    base_rate: f64,
+    /// CUSUM (restarting whenever the statistic falls below 0) rather than SPRT.
+    onset: bool,
+}
+impl Method for Oracle {
+    fn name(&self) -> &'static str {
+        if self.onset {
+            "oracle CUSUM (knows the rates; a bound, not a method)"
+        } else {
+            "oracle SPRT (knows the rates; a bound, not a method)"
+        }
+    }
+    fn trace(&self, s: &[(Second, Second)]) -> Vec<(usize, f64)> {
+        let (ln_m, excess) = (self.mult.ln(), self.base_rate * (self.mult - 1.0));
+        let mut cusum = 0.0f64;
+        s.iter()
+            .enumerate()
+            .map(|(i, (c, _))| {
+                let start = if self.onset { cusum.max(0.0) } else { cusum };
+                cusum = start + c.errors * ln_m - c.requests * excess;
+                (i + 1, cusum)
+            })
+            .collect()
+    }
+}
+
 struct Cell {
     label: &'static str,
     traffic: Traffic,
@@ -250,6 +285,21 @@ fn run_cell(
             0.01
         }
     };
+    // One oracle per regression size; it runs only on its own regression.
+    let oracles: Vec<Oracle> = cell
+        .multipliers
+        .iter()
+        .map(|&mult| Oracle {
+            mult,
+            base_rate: cell.traffic.base_rate,
+            onset: cell.onset.is_some(),
+        })
+        .collect();
+    let all: Vec<&(dyn Method + Sync)> = methods
+        .iter()
+        .map(|m| m.as_ref() as &(dyn Method + Sync))
+        .chain(oracles.iter().map(|o| o as &(dyn Method + Sync)))
+        .collect();
     // A/A: one stream per run, every method on the same stream.
     let maxima: Vec<Vec<f64>> = parallel(null_runs, |r| {
         let s = stream(
@@ -258,41 +308,59 @@ fn run_cell(
             1_000_000 * (ci as u64 + 1) + r as u64,
             cell.onset,
         );
-        methods.iter().map(|m| peak(&m.trace(&s))).collect()
+        all.iter().map(|m| peak(&m.trace(&s))).collect()
     });
-    let usuals: Vec<f64> = methods.iter().map(|m| usual(m.as_ref())).collect();
+    // The oracle has no usual setting: it is shown calibrated only.
+    let usuals: Vec<f64> = all
+        .iter()
+        .enumerate()
+        .map(|(k, m)| {
+            if k < methods.len() {
+                usual(*m as &dyn Method)
+            } else {
+                f64::INFINITY
+            }
+        })
+        .collect();
     let (thresholds, usual_fp) = thresholds(&maxima, &usuals, TARGET_FP);
     let mut rows = Vec::new();
-    for &mult in cell.multipliers {
+    for (j, &mult) in cell.multipliers.iter().enumerate() {
+        let oracle = methods.len() + j;
+        let mine: Vec<usize> = (0..methods.len()).chain([oracle]).collect();
         // (calibrated, usual) first alarm per method per run.
         let alarms: Vec<Vec<(Option<usize>, Option<usize>)>> = parallel(det_runs, |r| {
             let seed = 9_000_000 * (ci as u64 + 1) + r as u64 + (mult * 1000.0) as u64;
             let s = stream(cell.traffic, mult, seed, cell.onset);
-            methods
-                .iter()
-                .enumerate()
-                .map(|(k, m)| {
+            mine.iter()
+                .map(|&k| {
+                    let m = all[k];
                     let trace = m.trace(&s);
                     match cell.onset {
                         Some(o) => (
                             after_onset(&trace, thresholds[k], o.at),
-                            after_onset(&trace, usual(m.as_ref()), o.at),
+                            after_onset(&trace, usuals[k], o.at),
                         ),
                         None => (
                             first_alarm(&trace, thresholds[k]),
-                            first_alarm(&trace, usual(m.as_ref())),
+                            first_alarm(&trace, usuals[k]),
                         ),
                     }
                 })
                 .collect()
         });
-        for (k, m) in methods.iter().enumerate() {
+        for (i, &k) in mine.iter().enumerate() {
+            let mut cells = detection_cells(&alarms, i, usual_fp[k]);
+            if k == oracle {
+                // Keep detected, median and p90; the usual-setting columns do not apply.
+                let kept: Vec<&str> = cells.split(" | ").take(3).collect();
+                cells = format!("{} | — | —", kept.join(" | "));
+            }
             rows.push(format!(
                 "| {} | x{} | {} | {} |",
                 cell.label,
                 mult,
-                m.name(),
-                detection_cells(&alarms, k, usual_fp[k]),
+                all[k].name(),
+                cells,
             ));
         }
     }
@@ -319,7 +387,7 @@ fn main() {
                 baseline_rps: 90.0,
                 base_rate: 0.005,
             },
-            &[1.5, 2.0, 4.0, 5.0],
+            &[1.5, 2.0, 4.0, 5.0, 20.0],
         ),
         Cell::from_start(
             "5 vs 95 rps (5%), 0.5%",
@@ -461,7 +529,15 @@ fn main() {
         "| traffic (canary vs baseline), baseline errors | regression | method | detected in 1 h | median TTD | p90 TTD | FP/rollout-hour, usual setting | median TTD, usual setting |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    // `-- --only TEXT` runs the cells whose label contains TEXT.
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     for (ci, cell) in cells.iter().enumerate() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !cell.label.contains(o.as_str()))
+        {
+            continue;
+        }
         let t0 = std::time::Instant::now();
         for row in run_cell(ci, cell, &methods, null_runs, det_runs) {
             println!("{row}");

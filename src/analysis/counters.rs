@@ -8,7 +8,9 @@
 //! A counter that goes down was reset (a pod restarted, or one pod of a `sum` did). How much it
 //! grew across the reset cannot be known from a sum, so the tick contributes nothing for that
 //! series and its new value becomes the anchor: a little evidence is lost, none is invented.
-//! A series that appears for the first time is anchored, not counted.
+//! A series that appears for the first time is anchored, not counted, unless the tracker was
+//! anchored on an answer from a known earlier moment (the canary's verified weight): then a
+//! series absent at that moment started after it, from zero, and all of it counts.
 
 use std::collections::BTreeMap;
 
@@ -42,12 +44,32 @@ impl Increment {
 pub struct CounterTracker {
     anchors: BTreeMap<BTreeMap<String, String>, f64>,
     primed: bool,
+    /// Anchored at a known moment: a series first seen later started from zero after it.
+    from_zero: bool,
 }
 
 impl CounterTracker {
     /// Whether an answer has been recorded, so the next one yields increments.
     pub fn primed(&self) -> bool {
         self.primed
+    }
+
+    /// A tracker for a series group first seen after an anchor at a known moment (a new `le`
+    /// bucket of a histogram): everything in it is new.
+    pub fn from_zero() -> CounterTracker {
+        CounterTracker {
+            primed: true,
+            from_zero: true,
+            ..CounterTracker::default()
+        }
+    }
+
+    /// Records `answer`, queried at a moment when nothing being judged had happened yet (the
+    /// canary's weight verified): its values are the anchors, and a series it lacks started
+    /// later, from zero.
+    pub fn anchor(&mut self, answer: &[Series]) {
+        self.advance(answer);
+        self.from_zero = true;
     }
 
     /// Records an answer and returns what grew since the previous one. Values that are not
@@ -63,6 +85,7 @@ impl CounterTracker {
                 continue;
             }
             match self.anchors.get(&s.labels) {
+                None if self.from_zero => inc.value += s.value,
                 None => inc.new_series += usize::from(self.primed),
                 Some(old) if s.value < *old => inc.resets += 1,
                 Some(old) => inc.value += s.value - old,
@@ -141,6 +164,25 @@ mod tests {
                 .value,
             20.0
         );
+    }
+
+    #[test]
+    fn anchored_at_a_known_moment_a_later_series_counts_from_zero() {
+        // At the verified weight the canary had no series yet; the stable had 1000.
+        let mut canary = CounterTracker::default();
+        canary.anchor(&[]);
+        assert!(canary.primed());
+        let inc = canary.advance(&one(12.0));
+        assert_eq!((inc.value, inc.new_series), (12.0, 0));
+        assert!(inc.is_clean());
+        let mut stable = CounterTracker::default();
+        stable.anchor(&one(1000.0));
+        assert_eq!(stable.advance(&one(1090.0)).value, 90.0);
+        // Without the anchor the first answer only anchors.
+        let mut plain = CounterTracker::default();
+        plain.advance(&[]);
+        let inc = plain.advance(&one(12.0));
+        assert_eq!((inc.value, inc.new_series), (0.0, 1));
     }
 
     #[test]

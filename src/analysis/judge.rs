@@ -202,6 +202,25 @@ impl Judge {
         }
     }
 
+    /// Anchors the counters of `errorRate` and `latency` on the answers to [`Judge::queries`]
+    /// at the moment the canary's weight was verified, so that the first measurement after it
+    /// already counts. A failed query leaves the judge as it was: it anchors on its first
+    /// measurement instead.
+    pub fn anchor(&mut self, answers: &[Answer]) {
+        let Ok(ok) = answers
+            .iter()
+            .map(|a| a.as_deref())
+            .collect::<Result<Vec<&[Series]>, _>>()
+        else {
+            return;
+        };
+        match self {
+            Judge::ErrorRate(e) if ok.len() == 4 => e.anchor([ok[0], ok[1], ok[2], ok[3]]),
+            Judge::Latency(l) if ok.len() == 2 => l.anchor(ok[0], ok[1]),
+            _ => {}
+        }
+    }
+
     /// Takes the answers to [`Judge::queries`], in order, measured at `at` (unix seconds).
     pub fn observe(&mut self, roles: &[(Cohort, Role)], answers: &[Answer], at: i64) -> Judgment {
         if let Some(((arm, role), Err(e))) = roles.iter().zip(answers).find(|(_, a)| a.is_err()) {
@@ -323,6 +342,13 @@ impl ErrorRateJudge {
         ErrorRateJudge {
             trackers: Default::default(),
             share: ShareJudge::new(config),
+        }
+    }
+
+    /// Anchors the four counters on answers from the moment the canary's weight was verified.
+    fn anchor(&mut self, answers: [&[Series]; 4]) {
+        for (t, a) in self.trackers.iter_mut().zip(answers) {
+            t.anchor(a);
         }
     }
 

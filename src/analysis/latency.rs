@@ -105,6 +105,8 @@ impl Histogram {
 #[derive(Clone, Debug, Default)]
 pub struct BucketTracker {
     by_le: BTreeMap<LeKey, CounterTracker>,
+    /// Anchored at a known moment: buckets first seen later started from zero.
+    from_zero: bool,
 }
 
 /// An `le` value ordered numerically.
@@ -133,6 +135,17 @@ pub enum BucketProblem {
 }
 
 impl BucketTracker {
+    /// Records `answer`, queried when the canary's weight was verified, as the anchors; a
+    /// bucket or series it lacks started later, from zero.
+    pub fn anchor(&mut self, answer: &[Series]) {
+        // An empty or malformed answer anchors nothing; later series count from zero.
+        let _ = self.advance(answer);
+        self.from_zero = true;
+        for t in self.by_le.values_mut() {
+            t.anchor(&[]);
+        }
+    }
+
     /// Records one answer and returns the tick's histogram of increments.
     pub fn advance(&mut self, answer: &[Series]) -> Result<Histogram, BucketProblem> {
         if answer.is_empty() {
@@ -161,11 +174,22 @@ impl BucketTracker {
                     .into(),
             ));
         }
-        let primed = !self.by_le.is_empty();
+        let primed = self.from_zero || !self.by_le.is_empty();
         let mut buckets = Vec::with_capacity(grouped.len());
         let mut clean = primed;
+        let from_zero = self.from_zero;
         for (le, series) in grouped {
-            let inc = self.by_le.entry(le).or_default().advance(&series);
+            let inc = self
+                .by_le
+                .entry(le)
+                .or_insert_with(|| {
+                    if from_zero {
+                        CounterTracker::from_zero()
+                    } else {
+                        CounterTracker::default()
+                    }
+                })
+                .advance(&series);
             clean &= inc.is_clean();
             buckets.push((le.0, inc.value));
         }
@@ -249,6 +273,12 @@ impl LatencyJudge {
         } else {
             format!("{ms} ms")
         }
+    }
+
+    /// Anchors both arms' buckets at the moment the canary's weight was verified.
+    pub fn anchor(&mut self, canary: &[Series], baseline: &[Series]) {
+        self.canary.anchor(canary);
+        self.baseline.anchor(baseline);
     }
 
     pub fn observe(&mut self, canary: &[Series], baseline: &[Series], at: i64) -> LatencyTick {
@@ -453,6 +483,31 @@ mod tests {
             "quantiles": [0.5, 0.99]
         }))
         .expect("latency spec")
+    }
+
+    #[test]
+    fn buckets_anchored_at_the_verified_weight_count_from_the_first_answer() {
+        let shares = [0.5, 0.3, 0.1, 0.05, 0.05, 0.0];
+        // No canary series at the anchor: the first answer is all new.
+        let mut canary = BucketTracker::default();
+        canary.anchor(&[]);
+        let h = canary
+            .advance(&answer(&tick(40.0, shares)))
+            .expect("counted");
+        assert_eq!(h.buckets.last().map(|b| b.1), Some(40.0));
+        // The stable's buckets at the anchor are subtracted.
+        let mut stable = BucketTracker::default();
+        stable.anchor(&answer(&tick(1000.0, shares)));
+        let h = stable
+            .advance(&answer(&tick(1360.0, shares)))
+            .expect("counted");
+        assert!((h.buckets.last().map_or(0.0, |b| b.1) - 360.0).abs() < 1e-9);
+        // Without an anchor the first answer only anchors.
+        let mut plain = BucketTracker::default();
+        assert_eq!(
+            plain.advance(&answer(&tick(40.0, shares))).err(),
+            Some(BucketProblem::Anchoring)
+        );
     }
 
     const LES: [f64; 6] = [0.05, 0.1, 0.25, 0.5, 1.0, f64::INFINITY];

@@ -152,6 +152,9 @@ struct MetricRun {
     last: Option<Measurement>,
     /// The answers the judge last saw, for the cheap path when nothing changed.
     last_answers: Option<Vec<Answer>>,
+    /// When set, the first measurement first queries the counters at this moment (unix
+    /// seconds) and anchors on them.
+    anchor_at: Option<i64>,
 }
 
 /// A template bound to one canary and baseline.
@@ -211,6 +214,7 @@ impl AnalysisRun {
                 problems_in_a_row: 0,
                 last: None,
                 last_answers: None,
+                anchor_at: None,
             });
         }
         Ok(AnalysisRun {
@@ -230,6 +234,18 @@ impl AnalysisRun {
             let sequential = m.metric.error_rate.is_some() || m.metric.latency.is_some();
             if sequential && m.metric.provider == provider {
                 m.interval_secs = m.interval_secs.min(every_secs.max(1) as i64);
+            }
+        }
+    }
+
+    /// Anchors the counters of the `errorRate` and `latency` metrics not yet measured at `at`
+    /// (unix seconds), the moment the canary's weight was verified: their first measurement
+    /// then counts everything since, instead of only anchoring and losing an interval.
+    pub fn anchor_at(&mut self, at: i64) {
+        for m in &mut self.metrics {
+            let counters = m.metric.error_rate.is_some() || m.metric.latency.is_some();
+            if counters && m.last_at.is_none() {
+                m.anchor_at = Some(at);
             }
         }
     }
@@ -289,17 +305,37 @@ impl AnalysisRun {
         F: Fn(&str) -> Option<&'s S>,
     {
         let due = self.due(at);
+        // First the anchors of metrics measured for the first time, at their anchor moment.
+        let anchoring: Vec<(usize, i64)> = due
+            .iter()
+            .filter_map(|&i| Some((i, self.metrics[i].anchor_at.take().filter(|t| *t <= at)?)))
+            .collect();
+        for ((i, _), answers) in anchoring.iter().zip(self.ask(&source, &anchoring).await) {
+            self.metrics[*i].judge.anchor(&answers);
+        }
+        let now: Vec<(usize, i64)> = due.iter().map(|&i| (i, at)).collect();
+        let answers = self.ask(&source, &now).await;
+        due.into_iter()
+            .zip(answers)
+            .map(|(i, answers)| self.record(i, &answers, at))
+            .collect()
+    }
+
+    /// The answers of each listed metric's queries at its moment, all queried at once.
+    async fn ask<'s, S, F>(&self, source: &F, which: &[(usize, i64)]) -> Vec<Vec<Answer>>
+    where
+        S: MetricSource + 's,
+        F: Fn(&str) -> Option<&'s S>,
+    {
         let mut pending = Vec::new();
-        for &i in &due {
+        for &(i, at) in which {
             let m = &self.metrics[i];
             let src = source(&m.metric.provider);
-            let provider = m.metric.provider.clone();
             for (_, _, promql) in &m.queries {
-                let promql = promql.clone();
-                let provider = provider.clone();
+                let provider = &m.metric.provider;
                 pending.push(async move {
                     match src {
-                        Some(s) => s.query(&promql, at).await,
+                        Some(s) => s.query(promql, at).await,
                         None => Err(SourceError::Config(format!(
                             "no MetricProvider named {provider:?}"
                         ))),
@@ -308,13 +344,15 @@ impl AnalysisRun {
             }
         }
         let mut answers = futures::future::join_all(pending).await.into_iter();
-        let mut out = Vec::new();
-        for i in due {
-            let n = self.metrics[i].queries.len();
-            let mine: Vec<Answer> = answers.by_ref().take(n).collect();
-            out.push(self.record(i, &mine, at));
-        }
-        out
+        which
+            .iter()
+            .map(|&(i, _)| {
+                answers
+                    .by_ref()
+                    .take(self.metrics[i].queries.len())
+                    .collect()
+            })
+            .collect()
     }
 
     /// Feeds the answers of metric `i`'s queries, measured at `at`, to its judge.
@@ -468,6 +506,48 @@ mod tests {
             m[k] = v.clone();
         }
         m
+    }
+
+    /// A canary whose series exist only from 1000 s, 10 requests a second; a stable with
+    /// 90 a second since 0; no errors.
+    struct Fresh;
+    impl MetricSource for Fresh {
+        async fn query(&self, promql: &str, at: i64) -> Result<Vec<Series>, SourceError> {
+            let canary = promql.contains("canary");
+            if promql.contains("errors") || (canary && at <= 1000) {
+                return Ok(vec![]);
+            }
+            let rate = if canary { 10.0 } else { 90.0 };
+            let since = if canary { 1000 } else { 0 };
+            Ok(vec![Series {
+                labels: BTreeMap::new(),
+                value: (at - since) as f64 * rate,
+            }])
+        }
+    }
+
+    #[tokio::test]
+    async fn anchored_at_the_verified_weight_the_first_measurement_already_counts() {
+        let errors = serde_json::json!([{
+            "name": "errors", "provider": "prom", "interval": "10s",
+            "errorRate": {"requests": "sum(requests{a=\"{{arm}}\"})", "errors": "sum(errors{a=\"{{arm}}\"})"}
+        }]);
+        let mut anchored = AnalysisRun::new(&spec(errors.clone()), &target()).expect("run");
+        anchored.anchor_at(1000);
+        let first = anchored.measure(|_| Some(&Fresh), 1003).await;
+        let ev = &first[0].outcome;
+        assert!(!ev.reason.contains("anchored"), "{}", ev.reason);
+        assert_eq!(ev.canary.map(|c| c.requests), Some(30.0), "{ev:?}");
+        assert_eq!(ev.baseline.map(|b| b.requests), Some(270.0), "{ev:?}");
+        // Without the anchor the first measurement only anchors, and three seconds of the
+        // canary are lost.
+        let mut plain = AnalysisRun::new(&spec(errors), &target()).expect("run");
+        let first = plain.measure(|_| Some(&Fresh), 1003).await;
+        assert!(
+            first[0].outcome.reason.contains("anchored"),
+            "{:?}",
+            first[0].outcome
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct LiveRun {
     broken: BTreeMap<String, String>,
     latest: BTreeMap<String, MetricEvidence>,
     first_fail_at: Option<i64>,
+    /// Whether the counters were anchored at the canary's verified weight.
+    anchored: bool,
 }
 
 impl LiveRun {
@@ -206,7 +208,18 @@ impl LiveRun {
             broken,
             latest: BTreeMap::new(),
             first_fail_at: None,
+            anchored: false,
         })
+    }
+
+    /// Anchors the counters of the metrics not yet measured at `at`, once per run: the moment
+    /// the canary's first weight was verified, so the first measurement already counts.
+    pub fn anchor_once(&mut self, at: i64) {
+        if !std::mem::replace(&mut self.anchored, true) {
+            for (_, run) in &mut self.runs {
+                run.anchor_at(at);
+            }
+        }
     }
 
     /// Providers that could not be connected, for the Rollout's events.

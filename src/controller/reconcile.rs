@@ -18,7 +18,9 @@ use super::{escalate, leader};
 use crate::api::Rollout;
 use crate::api::common::bounded;
 use crate::api::release::Release;
-use crate::api::rollout::{RolloutPhase, RolloutStatus};
+use crate::api::rollout::RolloutPhase;
+#[cfg(debug_assertions)]
+use crate::api::rollout::RolloutStatus;
 use crate::rollout::decide::{decide, failed, recovery_baseline_offset, verify_baseline_offset};
 use crate::rollout::plan::{
     AnalysisView, ErrorKind, InvalidRequest, Observed, Plan, ReleaseView, Request, TargetView,
@@ -282,6 +284,15 @@ async fn measure(ro: &Rollout, ctx: &Context) -> Result<Option<AnalysisView>, Ca
     let Some(run) = slot.as_mut().filter(|_| live) else {
         return Ok(None);
     };
+    if matches!(judged, Judged::Canary) {
+        let verified = ro
+            .status
+            .as_ref()
+            .and_then(|s| s.step_started_at.as_deref());
+        if let Some(at) = crate::time::parse_at(verified) {
+            run.anchor_once(at);
+        }
+    }
     let started = std::time::Instant::now();
     let view = run.measure(crate::time::unix_now()).await;
     ctx.metrics
@@ -335,6 +346,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    #[cfg(not(debug_assertions))]
+    use crate::api::rollout::RolloutStatus;
     use crate::controller::mock::{Exchange, MockApi, status};
     use crate::rollout::fixtures::spec;
     use crate::rollout::plan::Action;
