@@ -9,6 +9,7 @@ pub mod backtest;
 pub mod cli;
 pub mod controller;
 pub mod escalation;
+pub mod history;
 pub mod lint;
 pub mod ops;
 pub mod rollout;

@@ -52,6 +52,24 @@ pub async fn request(
     action: RequestAction,
     reason: Option<String>,
 ) -> anyhow::Result<Request> {
+    let request = Request {
+        id: String::new(),
+        action,
+        by: String::new(),
+        reason,
+        to: None,
+        unstable: None,
+    };
+    submit(client, namespace, rollout, request).await
+}
+
+/// Sends `request` with a fresh id and the sender's name as the apiserver knows it.
+pub async fn submit(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    mut request: Request,
+) -> anyhow::Result<Request> {
     let api = Api::<Rollout>::namespaced(client.clone(), namespace);
     api.get(rollout)
         .await
@@ -59,12 +77,9 @@ pub async fn request(
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let request = Request {
-        id: format!("{action}-{nanos:x}"),
-        action,
-        by: whoami(client).await?,
-        reason,
-    };
+    let action = request.action;
+    request.id = format!("{action}-{nanos:x}");
+    request.by = whoami(client).await?;
     let text = serde_json::to_string(&request)?;
     api.patch(
         rollout,
@@ -74,6 +89,26 @@ pub async fn request(
     .await
     .with_context(|| format!("sending {action} to Rollout {namespace}/{rollout}"))?;
     Ok(request)
+}
+
+/// The release history of a Rollout, newest first.
+pub async fn history(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+) -> anyhow::Result<Vec<crate::history::HistoryRow>> {
+    let ro = Api::<Rollout>::namespaced(client.clone(), namespace)
+        .get(rollout)
+        .await
+        .with_context(|| format!("Rollout {namespace}/{rollout}"))?;
+    let releases = Api::<Release>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "{}={rollout}",
+            crate::rollout::workload::ROLLOUT_LABEL
+        )))
+        .await
+        .with_context(|| format!("listing the Releases of {namespace}/{rollout}"))?;
+    Ok(crate::history::rows(&ro, &releases.items))
 }
 
 /// Lifts the Unstable verdict of a Release, with a reason recorded in it.
@@ -195,6 +230,12 @@ pub fn render_status(ro: &Rollout, releases: &[Release]) -> String {
                 .map(|e| format!(" (failing {}x: {e})", rb.attempts))
                 .unwrap_or_default()
         );
+    }
+    if let Some(mr) = &s.manual_rollback {
+        let _ = writeln!(out, "  Rollback by hand ({}):", mr.step);
+        for line in crate::history::log_lines(mr) {
+            let _ = writeln!(out, "    {line}");
+        }
     }
     for e in &s.outbox {
         let _ = writeln!(
@@ -467,6 +508,8 @@ mod tests {
             action: RequestAction::Abort,
             by: "alice".into(),
             reason: Some("pager".into()),
+            to: None,
+            unstable: None,
         };
         let text = serde_json::to_string(&r).expect("json");
         assert_eq!(

@@ -635,6 +635,75 @@ async fn forged_requester_names_are_refused_at_admission() {
             .expect("rollguard override is admitted");
     assert_eq!(by, "alice");
 
+    // A Deployment that names its deployer must name the writer of each template change.
+    let deployments =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(alice.clone(), &ns.name);
+    let deployment = |by: &str, image: &str| {
+        serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "shop", "annotations": {"rollguard.dev/deployed-by": by}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "shop"}},
+                     "template": {"metadata": {"labels": {"app": "shop"}},
+                                  "spec": {"containers": [{"name": "shop", "image": image}]}}},
+        }))
+        .expect("deployment")
+    };
+    let apply = |api: Api<k8s_openapi::api::apps::v1::Deployment>,
+                 d: k8s_openapi::api::apps::v1::Deployment| async move {
+        api.patch(
+            "shop",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&d),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+    };
+    let forged = apply(
+        deployments.clone(),
+        deployment("the-cto@example.com", "r.example/shop:1"),
+    )
+    .await
+    .expect_err("a forged deployer");
+    assert!(
+        forged.contains("deployed-by must name who changes the pod template")
+            && forged.contains("alice"),
+        "{forged}"
+    );
+    apply(deployments.clone(), deployment("alice", "r.example/shop:1"))
+        .await
+        .expect("her own name is admitted");
+    // Someone else changing the template under alice's name is refused; scaling is not a
+    // template change and passes.
+    let admin =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(ns.client.clone(), &ns.name);
+    let stolen = apply(admin.clone(), deployment("alice", "r.example/shop:2"))
+        .await
+        .expect_err("a change under another's name");
+    assert!(stolen.contains("deployed-by must name"), "{stolen}");
+    admin
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scaling keeps the template");
+    // Deployments without the annotation are not evaluated.
+    let plain =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(ns.client.clone(), &ns.name);
+    let mut other = deployment("x", "r.example/other:1");
+    other.metadata.name = Some("other".into());
+    other.metadata.annotations = None;
+    plain
+        .patch(
+            "other",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&other),
+        )
+        .await
+        .expect("a Deployment that names no deployer");
+
     let _ = run(
         "kubectl",
         &[

@@ -67,6 +67,11 @@ pub struct ReleaseSpec {
     /// The target's `kubernetes.io/change-cause` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_cause: Option<String>,
+    /// Who changed the target: its `rollguard.dev/deployed-by` annotation, which the chart's
+    /// admission policy admits only as the apiserver's name for the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub deployed_by: Option<String>,
 }
 
 fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -19,6 +19,9 @@ pub enum RolloutPhase {
     RollingBack,
     RolledBack,
     Blocked,
+    /// A rollback someone asked for (`rollguard rollback`): to a release they chose, not a
+    /// verdict on the one it replaces.
+    Reverting,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -71,6 +74,9 @@ pub struct RolloutStatus {
     /// The rollback saga: each step is recorded here before the next one starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
+    /// The last rollback someone asked for (`rollguard rollback`), step by step, with its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual_rollback: Option<ManualRollback>,
     /// Incidents waiting for (or handed to) escalation, one per dedup key and action.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
@@ -353,4 +359,93 @@ pub struct ReleaseRef {
     pub digest: String,
     /// The first 12 hex digits, for printer columns.
     pub short_digest: String,
+}
+
+/// The steps of a rollback someone asked for, in order; each is recorded before the next.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum RevertStep {
+    /// A running canary's weight to 0, verified, and its pods scaled to 0.
+    #[default]
+    Withdraw,
+    /// The chosen Release's pod template on `<name>-stable`, through a rolling update that
+    /// never has fewer ready pods than replicas (`maxUnavailable: 0`).
+    Restore,
+    /// Every replica of the restored template ready.
+    Ready,
+    /// All traffic on stable, the Releases' phases and histories recorded.
+    Record,
+    Done,
+    /// Not started: the request named a Release that cannot be rolled back to.
+    Refused,
+    /// Stopped: the rollout did not finish within the progress deadline.
+    Failed,
+}
+
+impl std::fmt::Display for RevertStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A rollback someone asked for: from what, to what, by whom, and what happened, as lines any
+/// later watcher reads from the start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManualRollback {
+    /// The request's id (`rollguard rollback` waits for it).
+    pub request: String,
+    /// Who asked, as the apiserver named them.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The Release serving when it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ReleaseRef>,
+    /// The Release it restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ReleaseRef>,
+    /// A canary that was running and was withdrawn first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn: Option<ReleaseRef>,
+    /// Mark the Release rolled back from Unstable, with this reason (`--unstable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unstable: Option<String>,
+    pub step: RevertStep,
+    /// RFC 3339.
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Ready replicas of the restored template last logged.
+    #[serde(default)]
+    pub ready_logged: i32,
+    /// What happened, oldest first: the lines `rollguard rollback` prints; at most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub log: Vec<LogLine>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// RFC 3339.
+    pub at: String,
+    pub text: String,
+}
+
+/// The most lines a manual rollback's log keeps; past it the middle lines are dropped and the
+/// first and last kept.
+pub const MANUAL_LOG_LINES: usize = 64;
+
+impl ManualRollback {
+    /// Appends a line, bounded in length and in count (the first lines, which say what was
+    /// asked, are kept).
+    pub fn log(&mut self, at: String, text: impl Into<String>) {
+        let text = super::common::bounded(&text.into());
+        if self.log.len() >= MANUAL_LOG_LINES {
+            self.log.remove(8);
+        }
+        self.log.push(LogLine { at, text });
+    }
 }

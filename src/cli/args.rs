@@ -8,6 +8,14 @@ pub enum Output {
     Json,
 }
 
+/// Output of the commands that list objects: a table, JSON or YAML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Yaml,
+}
+
 /// `name=value`, as `--arg` takes it.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

@@ -2,6 +2,7 @@
 
 mod args;
 mod backtest;
+mod rollback;
 
 use std::path::PathBuf;
 
@@ -10,8 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::lint::Level;
 use crate::rollout::plan::RequestAction;
-pub use args::Output;
+pub use args::{Format, Output};
 pub use backtest::BacktestArgs;
+pub use rollback::RollbackArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "rollguard", version, about, propagate_version = true)]
@@ -56,6 +58,23 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// List a Rollout's releases, newest first: version, digest, commit, when and by whom, what
+    /// each is now (Canary, Current, Previous, Unstable, Superseded) and whether it can be
+    /// rolled back to.
+    History {
+        rollout: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Show at most this many releases (the newest).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Roll back by hand to a release in the history (the previous one by default): its whole
+    /// pod template through a rolling update, traffic on it, a running canary withdrawn first.
+    /// Prints the rollback's log as it happens; exits non-zero if it is refused or fails.
+    Rollback(Box<RollbackArgs>),
     /// Skip the remaining steps and promote the canary.
     Promote(RequestArgs),
     /// Roll the canary back now (or the last promotion, within its post-promotion window); the
@@ -237,6 +256,26 @@ pub fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }),
+        Command::History {
+            rollout,
+            namespace,
+            limit,
+            output,
+        } => runtime(false)?.block_on(async {
+            let (client, ns) = crate::ops::client_and_namespace(namespace).await?;
+            let mut rows = crate::ops::history(&client, &ns, &rollout).await?;
+            rows.truncate(limit.map_or(usize::MAX, |l| l as usize));
+            match output {
+                Format::Text if rows.is_empty() => {
+                    println!("Rollout {ns}/{rollout} has no releases yet")
+                }
+                Format::Text => print!("{}", crate::history::table(&rows)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Yaml => print!("{}", serde_saphyr::to_string(&rows)?),
+            }
+            Ok(())
+        }),
+        Command::Rollback(a) => runtime(false)?.block_on(rollback::run(*a)),
         Command::Promote(a) => send(a, RequestAction::Promote),
         Command::Abort(a) => send(a, RequestAction::Abort),
         Command::Pause(a) => send(a, RequestAction::Pause),

@@ -79,7 +79,7 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
-pub const PHASES: [RolloutPhase; 8] = [
+pub const PHASES: [RolloutPhase; 9] = [
     RolloutPhase::Initializing,
     RolloutPhase::Stable,
     RolloutPhase::Progressing,
@@ -88,6 +88,7 @@ pub const PHASES: [RolloutPhase; 8] = [
     RolloutPhase::RollingBack,
     RolloutPhase::RolledBack,
     RolloutPhase::Blocked,
+    RolloutPhase::Reverting,
 ];
 
 /// A new canary within this long of a rollback counts as rework, unless the controller is told

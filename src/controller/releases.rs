@@ -9,7 +9,7 @@ use super::apply::{Applier, owner};
 use super::error::ActionError;
 use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
 use crate::rollout::plan::ErrorKind;
-use crate::rollout::workload::{ROLLOUT_LABEL, artifact, prunable};
+use crate::rollout::workload::{DEPLOYED_BY_ANNOTATION, ROLLOUT_LABEL, artifact, prunable};
 
 impl Applier<'_> {
     pub(super) async fn create_release(
@@ -41,6 +41,12 @@ impl Applier<'_> {
             .annotations()
             .get("kubernetes.io/change-cause")
             .cloned();
+        // Bounded like every tenant string; the schema refuses longer names.
+        let deployed_by = target
+            .annotations()
+            .get(DEPLOYED_BY_ANNOTATION)
+            .filter(|by| !by.is_empty() && by.len() <= 256)
+            .cloned();
         let mut release = Release::new(
             name,
             ReleaseSpec {
@@ -57,6 +63,7 @@ impl Applier<'_> {
                 pod_template: template,
                 version,
                 change_cause,
+                deployed_by,
             },
         );
         release.metadata.namespace = Some(self.ns.clone());

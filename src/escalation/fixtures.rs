@@ -23,6 +23,7 @@ pub fn release(name: &str, digest: &str, version: &str, cause: Option<&str>) -> 
             pod_template: serde_json::json!({"spec": {"containers": [{"name": "app", "image": format!("shop/checkout@{digest}")}]}}),
             version: Some(version.into()),
             change_cause: cause.map(str::to_owned),
+            deployed_by: None,
         },
     );
     r.status = Some(ReleaseStatus::default());

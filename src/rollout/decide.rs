@@ -174,6 +174,7 @@ impl Planner<'_> {
             RolloutPhase::Progressing | RolloutPhase::Paused => self.progress(),
             RolloutPhase::Promoting => self.promote(),
             RolloutPhase::RollingBack => self.roll_back(),
+            RolloutPhase::Reverting => self.revert(),
         }
         if before == RolloutPhase::Blocked && self.phase() != RolloutPhase::Blocked {
             let title = format!(

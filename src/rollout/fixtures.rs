@@ -68,6 +68,7 @@ pub fn workload(release: &str, digest: &str, replicas: i32) -> Workload {
         release: Some(release.into()),
         digest: Some(digest.into()),
         rolled_out: true,
+        updated_ready: replicas,
     }
 }
 

@@ -141,6 +141,9 @@ impl Planner<'_> {
             return;
         }
         let name = release_name(self.name, &artifact.digest);
+        if self.held_by_revert(&name) {
+            return;
+        }
         if let Some(r) = self.release(&name)
             && r.phase == Some(ReleasePhase::Unstable)
             && !r.overridden

@@ -229,6 +229,8 @@ mod tests {
             action: RequestAction::Resolve,
             by: "alice".into(),
             reason: Some("bad payment client config, fixed".into()),
+            to: None,
+            unstable: None,
         }));
         let plan = decide("c", &spec(), &status, &o);
         assert_eq!(open(&plan.status), 0);

@@ -19,6 +19,7 @@ pub mod plan;
 mod planner;
 mod promote;
 mod requests;
+mod revert;
 mod saga;
 pub mod workload;
 

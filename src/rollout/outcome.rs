@@ -61,6 +61,13 @@ pub fn deployment_result(
         Reason::Promoted if after.verify_until.is_none() => Some(DeploymentResult::Promoted),
         Reason::VerificationPassed => Some(DeploymentResult::Promoted),
         Reason::CanaryWithdrawn => Some(DeploymentResult::Withdrawn),
+        // A rollback by hand ends a running canary as someone asked; with none running, no
+        // deployment was in flight.
+        Reason::ManualRollbackStarted => after
+            .manual_rollback
+            .as_ref()
+            .and_then(|m| m.withdrawn.as_ref())
+            .map(|_| DeploymentResult::Aborted),
         _ => None,
     })
 }

@@ -70,6 +70,8 @@ pub enum RequestAction {
     Resume,
     /// Close the open incidents of the last rollback: the root cause is understood.
     Resolve,
+    /// Restore a Release chosen by hand (`to`): a decision, not a verdict.
+    Rollback,
 }
 
 impl std::fmt::Display for RequestAction {
@@ -80,6 +82,7 @@ impl std::fmt::Display for RequestAction {
             RequestAction::Pause => "pause",
             RequestAction::Resume => "resume",
             RequestAction::Resolve => "resolve",
+            RequestAction::Rollback => "rollback",
         })
     }
 }
@@ -92,6 +95,12 @@ pub struct Request {
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `rollback`: the Release to restore, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `rollback`: mark the Release rolled back from Unstable, with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unstable: Option<String>,
 }
 
 /// Everything the machine decides on.
@@ -195,12 +204,16 @@ pub enum Reason {
     NotRecovered,
     RollbackIncomplete,
     Escalation,
+    /// `rollguard rollback` began, finished, or could not start.
+    ManualRollbackStarted,
+    ManualRollbackDone,
+    ManualRollbackRefused,
     /// A saga step done: `Rollback<Step>`.
     RollbackStep(RollbackStep),
 }
 
 impl Reason {
-    const NAMED: [(Reason, &'static str); 24] = [
+    const NAMED: [(Reason, &'static str); 27] = [
         (Reason::Initialized, "Initialized"),
         (Reason::Stable, "Stable"),
         (Reason::Blocked, "Blocked"),
@@ -225,6 +238,9 @@ impl Reason {
         (Reason::NotRecovered, "NotRecovered"),
         (Reason::RollbackIncomplete, "RollbackIncomplete"),
         (Reason::Escalation, "Escalation"),
+        (Reason::ManualRollbackStarted, "ManualRollbackStarted"),
+        (Reason::ManualRollbackDone, "ManualRollbackDone"),
+        (Reason::ManualRollbackRefused, "ManualRollbackRefused"),
     ];
 
     /// The reason a timeline entry or Event carries, read back; None for one this version does

@@ -243,6 +243,8 @@ mod tests {
             action: RequestAction::Abort,
             by: "ic".into(),
             reason: None,
+            to: None,
+            unstable: None,
         }));
         let status = decide("c", &spec(), &s, &o).status;
         o.request = None;

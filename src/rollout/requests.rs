@@ -1,4 +1,4 @@
-//! Manual requests: promote, abort, pause, resume and resolve, each acted on once.
+//! Manual requests: promote, abort, pause, resume, resolve and rollback, each acted on once.
 
 use super::incidents::{is_rollback_incident, qualified, resolve_where};
 use super::plan::{Action, Reason, Request, RequestAction};
@@ -9,6 +9,11 @@ use crate::time::format_time;
 
 impl Planner<'_> {
     pub(super) fn request(&mut self, req: &Request) {
+        if req.action == RequestAction::Rollback {
+            // Its own bookkeeping: the log, the notes and both Releases' histories.
+            self.begin_revert(req);
+            return;
+        }
         let phase = self.phase();
         let by = &req.by;
         let release = self
@@ -164,6 +169,8 @@ mod tests {
             action: RequestAction::Pause,
             by: "alice".into(),
             reason: None,
+            to: None,
+            unstable: None,
         }));
         let paused = decide("c", &spec(), &s, &o).status;
         assert_eq!(paused.phase, Some(RolloutPhase::Paused));
@@ -177,6 +184,8 @@ mod tests {
             action: RequestAction::Abort,
             by: "bob".into(),
             reason: Some("pager noise".into()),
+            to: None,
+            unstable: None,
         }));
         let aborted = decide("c", &spec(), &paused, &o);
         assert_eq!(aborted.status.phase, Some(RolloutPhase::RollingBack));

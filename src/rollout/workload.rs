@@ -30,6 +30,9 @@ pub const ARM_LABEL: &str = "rollguard.dev/arm";
 pub const RELEASE_ANNOTATION: &str = "rollguard.dev/release";
 /// Annotation on a Rollout carrying a manual request (promote, abort, pause, resume).
 pub const REQUEST_ANNOTATION: &str = "rollguard.dev/request";
+/// On the target Deployment: who changed it, recorded in the Release. The chart's admission
+/// policy admits a new value only when it is the writer's own username.
+pub const DEPLOYED_BY_ANNOTATION: &str = "rollguard.dev/deployed-by";
 
 /// The artifact a pod template declares: the primary (first) container's image digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,6 +297,9 @@ pub struct Workload {
     pub digest: Option<String>,
     /// The Deployment controller has seen the latest spec, and every pod runs it and is ready.
     pub rolled_out: bool,
+    /// Ready pods of the latest template, as far as the Deployment's counts tell: the ready
+    /// pods beyond those of older templates (which a `maxUnavailable: 0` update keeps ready).
+    pub updated_ready: i32,
 }
 
 impl Workload {
@@ -322,6 +328,11 @@ impl Workload {
             release,
             digest: image.map(|i| image_digest(&i).map_or(i.clone(), str::to_owned)),
             rolled_out: current && updated == replicas && ready >= replicas && pods == replicas,
+            updated_ready: if current {
+                (ready - (pods - updated)).clamp(0, updated)
+            } else {
+                0
+            },
         }
     }
 }

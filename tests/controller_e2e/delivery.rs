@@ -230,6 +230,54 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
         "no canary for a blocked digest"
     );
     assert_eq!(fx.status().await.phase, Some(RolloutPhase::Blocked));
+    let history = |fx: &Fixture| {
+        let text = run_ok(
+            env!("CARGO_BIN_EXE_rollguard"),
+            &["history", "web", "-n", &fx.ns.name, "-o", "json"],
+            None,
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("history JSON");
+        rows.iter()
+            .map(|r| {
+                (
+                    r["version"].as_str().unwrap_or("").to_owned(),
+                    r["standing"].as_str().unwrap_or("").to_owned(),
+                    r["rollbackable"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let row = |v: &str, s: &str, ok: bool| (v.to_owned(), s.to_owned(), ok);
+    assert_eq!(
+        history(&fx),
+        vec![
+            row("ccccc", "Unstable", false),
+            row("bbbbb", "Current", false),
+            row("aaaaa", "Previous", true),
+        ]
+    );
+
+    // A new release after all that: it becomes Current, and the history keeps the order.
+    fx.promoted(GOOD_D, 2).await;
+    assert_eq!(
+        history(&fx),
+        vec![
+            row("ddddd", "Current", false),
+            row("ccccc", "Unstable", false),
+            row("bbbbb", "Previous", true),
+            row("aaaaa", "Superseded", true),
+        ]
+    );
+    let text = run_ok(
+        env!("CARGO_BIN_EXE_rollguard"),
+        &["history", "web", "-n", &fx.ns.name, "--limit", "2"],
+        None,
+    );
+    assert_eq!(text.lines().count(), 3, "a header and two rows: {text}");
+    assert!(
+        text.contains("ddd0f3e release ddddd") && text.contains("ci@example.com"),
+        "{text}"
+    );
 
     // What /metrics says about it: one promotion, one rollback with its times, no digests.
     let text = controller.metrics().await;
@@ -240,7 +288,7 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
             r#"rollguard_deployments_total{{namespace="{ns}",rollout="web",result="{result}"}}"#
         ))
     };
-    assert_eq!(deployments("promoted"), Some(1.0), "{text}");
+    assert_eq!(deployments("promoted"), Some(2.0), "{text}");
     assert_eq!(deployments("rolled_back"), Some(1.0), "{text}");
     assert_eq!(deployments("aborted"), None, "{text}");
     for histogram in [
@@ -263,7 +311,7 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
     assert!((0.0..120.0).contains(&to_zero), "{to_zero}");
     assert_eq!(
         of(format!(
-            r#"rollguard_rollout_phase{{namespace="{ns}",rollout="web",phase="Blocked"}}"#
+            r#"rollguard_rollout_phase{{namespace="{ns}",rollout="web",phase="Stable"}}"#
         )),
         Some(1.0)
     );

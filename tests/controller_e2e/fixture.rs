@@ -17,6 +17,8 @@ pub(crate) const GOOD_A: &str =
     "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 pub(crate) const GOOD_B: &str =
     "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub(crate) const GOOD_D: &str =
+    "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 pub(crate) const BAD_C: &str =
     "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
@@ -113,13 +115,17 @@ pub(crate) async fn apply_cluster(client: &Client, ar: &ApiResource, object: Val
 pub(crate) fn target(digest: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": format!("deploy {}", &digest[7..12])}},
+        "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": format!("deploy {}", &digest[7..12]),
+                                                    "rollguard.dev/deployed-by": "ci@example.com"}},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
-                "metadata": {"labels": {"app": "web", "app.kubernetes.io/version": &digest[7..12]}},
+                "metadata": {"labels": {"app": "web", "app.kubernetes.io/version": &digest[7..12]},
+                             "annotations": {"rollguard.dev/commit": format!("{}0f3e", &digest[7..10]),
+                                             "rollguard.dev/commit-message": format!("release {}", &digest[7..12])}},
                 "spec": {"containers": [{"name": "web", "image": format!("registry.example/web@{digest}"),
+                                         "env": [{"name": "RELEASE", "value": &digest[7..12]}],
                                          "ports": [{"name": "http", "containerPort": 8080}]}]},
             },
         },

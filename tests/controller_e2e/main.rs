@@ -12,6 +12,7 @@ mod escalation;
 mod faults;
 mod fixture;
 mod leader;
+mod manual;
 mod rbac;
 mod saga;
 mod startup;

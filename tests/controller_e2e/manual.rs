@@ -1,0 +1,185 @@
+//! Rolling back by hand (`rollguard rollback`): to a release two back with its whole snapshot,
+//! with the live log, and with a canary running.
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::fixture::*;
+use rollguard::api::release::ReleasePhase;
+use rollguard::api::rollout::{RevertStep, RolloutPhase};
+use serde_json::json;
+
+fn rollguard(args: &[&str]) -> Run {
+    run(env!("CARGO_BIN_EXE_rollguard"), args, None)
+}
+
+/// The stable Deployment's first container: its image and its RELEASE variable.
+async fn serving(fx: &Fixture) -> (String, String) {
+    let d = fx.deployments.get("web-stable").await.expect("web-stable");
+    let c = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].clone())
+        .expect("a container");
+    let env = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "RELEASE")
+        .and_then(|e| e.value)
+        .unwrap_or_default();
+    (c.image.unwrap_or_default(), env)
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_release_two_back_is_restored_by_hand_with_its_snapshot_and_a_live_log() {
+    let fx = Fixture::new("manual", &Scenario::default()).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    fx.promoted(GOOD_B, 2).await;
+    fx.promoted(GOOD_D, 2).await;
+    let ns = fx.ns.name.clone();
+
+    // A release that never existed, and one that is serving, are refused before anything is
+    // sent.
+    let r = rollguard(&["rollback", "web", "-n", &ns, "--to", "9.9.9"]);
+    assert!(
+        !r.ok && r.stderr.contains("no release"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = rollguard(&["rollback", "web", "-n", &ns, "--to", "ddddd"]);
+    assert!(
+        !r.ok && r.stderr.contains("serving now"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+
+    // Two releases back, by version, with the log printed as it happens.
+    let started = std::time::Instant::now();
+    let r = rollguard(&[
+        "rollback",
+        "web",
+        "-n",
+        &ns,
+        "--to",
+        "aaaaa",
+        "--reason",
+        "config regression",
+    ]);
+    let took = started.elapsed();
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    println!("{}", r.stdout);
+    for expected in [
+        "sent by",
+        "00:00 rollback web web-dddddddddd → web-aaaaaaaaaa requested by",
+        "config regression",
+        "no build needed",
+        "rolling update of web-stable to web-aaaaaaaaaa",
+        "replicas of web-aaaaaaaaaa ready",
+        "rollback complete in",
+    ] {
+        assert!(r.stdout.contains(expected), "{expected:?} in\n{}", r.stdout);
+    }
+    println!("rollback by hand, request to complete: {took:.1?}");
+
+    // The whole snapshot is back: the image and the environment of that release.
+    let (image, env) = serving(&fx).await;
+    assert!(image.ends_with(GOOD_A), "{image}");
+    assert_eq!(env, "aaaaa");
+    let s = fx.status().await;
+    assert_eq!(s.phase, Some(RolloutPhase::RolledBack));
+    assert_eq!(s.stable.as_ref().map(|r| r.digest.as_str()), Some(GOOD_A));
+    let mr = s.manual_rollback.clone().expect("recorded");
+    assert_eq!(mr.step, RevertStep::Done);
+    assert_eq!(fx.canary_weight().await, 0);
+    // Superseded, not Unstable: a rollback by hand is not a verdict.
+    assert_eq!(
+        fx.release_phase(GOOD_D).await,
+        Some(ReleasePhase::Superseded)
+    );
+    assert_eq!(fx.release_phase(GOOD_A).await, Some(ReleasePhase::Stable));
+    let history = fx.release(GOOD_A).await.status.expect("status").history;
+    assert!(
+        history
+            .iter()
+            .any(|h| h.action == "rollback-to" && h.reason.as_deref() == Some("config regression")),
+        "{history:?}"
+    );
+
+    // The target still declares D: it is not canaried again, and the status says why.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = fx.status().await;
+    assert_eq!(s.phase, Some(RolloutPhase::RolledBack));
+    assert!(
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("not deployed again")),
+        "{:?}",
+        s.message
+    );
+    assert_eq!(fx.replicas("web-canary").await, Some(0));
+
+    // Any later watcher reads the same log from the start.
+    let text = rollguard(&["status", "web", "-n", &ns]).stdout;
+    assert!(
+        text.contains("Rollback by hand (Done)")
+            && text.contains("requested by")
+            && text.contains("rollback complete in"),
+        "{text}"
+    );
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_rollback_by_hand_withdraws_a_running_canary_first() {
+    let sc = Scenario {
+        steps: json!([{"setWeight": 10}, {"pause": {}}, {"setWeight": 50, "duration": "4s"}]),
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("manual-canary", &sc).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    // B through its pause by hand, then D held at its pause.
+    fx.set_target(GOOD_B).await;
+    fx.wait_first_step().await;
+    let r = rollguard(&["promote", "web", "-n", &fx.ns.name]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(60))
+        .await;
+    fx.set_target(GOOD_D).await;
+    fx.wait_first_step().await;
+    assert_eq!(fx.canary_weight().await, 10);
+
+    let ns = fx.ns.name.clone();
+    let r = rollguard(&["rollback", "web", "-n", &ns, "--unstable", "leaks memory"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    println!("{}", r.stdout);
+    assert!(r.stdout.contains("withdrawn first"), "{}", r.stdout);
+    assert!(r.stdout.contains("weight 0, verified"), "{}", r.stdout);
+    assert_eq!(fx.canary_weight().await, 0);
+    eventually(
+        "the canary scaled to 0",
+        Duration::from_secs(30),
+        || async { (fx.replicas("web-canary").await == Some(0)).then_some(()) },
+    )
+    .await;
+    let (image, _) = serving(&fx).await;
+    assert!(image.ends_with(GOOD_A), "the previous release: {image}");
+    // --unstable marks the release that was serving, with the reason.
+    let b = fx.release(GOOD_B).await.status.expect("status");
+    assert_eq!(b.phase, Some(ReleasePhase::Unstable));
+    assert!(
+        b.verdict.is_some_and(|v| v.reason.contains("leaks memory")),
+        "the reason is recorded"
+    );
+    assert_eq!(
+        fx.release_phase(GOOD_D).await,
+        Some(ReleasePhase::Superseded)
+    );
+    fx.cleanup().await;
+}
