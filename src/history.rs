@@ -251,7 +251,7 @@ fn template_annotations(r: &Release) -> Option<&serde_json::Map<String, serde_js
 }
 
 /// The first line of `text`, at most `max` characters, with an ellipsis when cut.
-fn first_line(text: &str, max: usize) -> String {
+pub(crate) fn first_line(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or("").trim();
     if line.chars().count() <= max {
         return line.to_owned();
@@ -371,6 +371,7 @@ mod tests {
                 version: Some(name.trim_start_matches("checkout-").into()),
                 change_cause: None,
                 deployed_by: Some("alice@example.com".into()),
+                config_hashes: Vec::new(),
             },
         );
         r.metadata.creation_timestamp = Some(Time(

@@ -12,6 +12,7 @@ pub mod escalation;
 pub mod history;
 pub mod lint;
 pub mod ops;
+pub mod preflight;
 pub mod rollout;
 pub mod secrets;
 pub mod templates;

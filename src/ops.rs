@@ -59,6 +59,7 @@ pub async fn request(
         reason,
         to: None,
         unstable: None,
+        warnings: Vec::new(),
     };
     submit(client, namespace, rollout, request).await
 }
@@ -510,6 +511,7 @@ mod tests {
             reason: Some("pager".into()),
             to: None,
             unstable: None,
+            warnings: Vec::new(),
         };
         let text = serde_json::to_string(&r).expect("json");
         assert_eq!(

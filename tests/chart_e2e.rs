@@ -362,7 +362,7 @@ async fn chart_service_account_may_do_what_the_controller_needs_and_no_more() {
     );
     let sa = format!("system:serviceaccount:{}:{release}-rollguard", ns.name);
     let other_ns = "kube-public";
-    let cases: [(&str, &str, Option<&str>, bool); 17] = [
+    let cases: [(&str, &str, Option<&str>, bool); 20] = [
         ("patch", "httproutes.gateway.networking.k8s.io", None, true),
         ("patch", "virtualservices.networking.istio.io", None, true),
         ("patch", "trafficsplits.split.smi-spec.io", None, true),
@@ -377,6 +377,10 @@ async fn chart_service_account_may_do_what_the_controller_needs_and_no_more() {
         ("create", "releases.rollguard.dev", Some(other_ns), true),
         ("create", "events.events.k8s.io", Some(other_ns), true),
         ("get", "secrets", Some(&ns.name), true),
+        // ConfigMaps referenced by a release are hashed: read by name, never listed or changed.
+        ("get", "configmaps", Some(other_ns), true),
+        ("list", "configmaps", None, false),
+        ("patch", "configmaps", Some(other_ns), false),
         (
             "update",
             "httproutes.gateway.networking.k8s.io",

@@ -72,6 +72,31 @@ pub struct ReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub deployed_by: Option<String>,
+    /// A content hash of each ConfigMap the pod template referred to at release time (never
+    /// the content), and each Secret it referred to (not read, so not hashed): what a rollback
+    /// to this Release cannot restore is found by comparing them with today's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub config_hashes: Vec<ConfigHash>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum ConfigKind {
+    ConfigMap,
+    Secret,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigHash {
+    pub kind: ConfigKind,
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// sha256 of the ConfigMap's data and binaryData (hex); absent for a Secret, or for a
+    /// ConfigMap that was missing or could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub sha256: Option<String>,
 }
 
 fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use kube::Api;
 use kube::api::ListParams;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+
 use crate::api::Rollout;
 use crate::api::release::Release;
 use crate::api::rollout::RevertStep;
@@ -34,9 +36,17 @@ pub struct RollbackArgs {
     /// Superseded: a rollback by hand is not a verdict.
     #[arg(long)]
     pub unstable: Option<String>,
+    /// Refuse when the preflight finds anything the rollback cannot restore (a ConfigMap that
+    /// changed since the release, a Secret, a volume on a claim, a schema migration since).
+    #[arg(long)]
+    pub strict: bool,
     /// Return once the request is sent, without printing the log.
     #[arg(long)]
     pub no_wait: bool,
+    /// `json`: one object at the end with the request, the preflight warnings, the outcome and
+    /// the log.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::cli::Output::Text)]
+    pub output: crate::cli::Output,
     /// Stop waiting after this long (the rollback goes on in the controller); the Rollout's
     /// progress deadline when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -69,6 +79,19 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
     } else if let Some(why) = &target.not_rollbackable {
         anyhow::bail!("cannot roll back to {}: {why}", target.release);
     }
+    let warnings = preflight(&client, &ns, &releases.items, &target.release).await;
+    let json = a.output == crate::cli::Output::Json;
+    for w in &warnings {
+        if !json {
+            println!("warning: {w}");
+        }
+    }
+    if a.strict && !warnings.is_empty() {
+        anyhow::bail!(
+            "refused by --strict: the preflight found {} thing(s) the rollback cannot restore",
+            warnings.len()
+        );
+    }
     let sent = crate::ops::submit(
         &client,
         &ns,
@@ -80,34 +103,117 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
             reason: a.reason.clone(),
             to: Some(target.release.clone()),
             unstable: a.unstable.clone(),
+            warnings: warnings.clone(),
         },
     )
     .await?;
-    println!(
-        "rollback of {ns}/{} to {} ({}) sent by {} (request {})",
-        a.rollout,
-        target.release,
-        target.version.as_deref().unwrap_or(&target.digest),
-        sent.by,
-        sent.id
-    );
-    if a.no_wait {
-        return Ok(());
+    if !json {
+        println!(
+            "rollback of {ns}/{} to {} ({}) sent by {} (request {})",
+            a.rollout,
+            target.release,
+            target.version.as_deref().unwrap_or(&target.digest),
+            sent.by,
+            sent.id
+        );
     }
     let timeout = a.timeout.unwrap_or_else(|| {
         Duration::from_secs(crate::time::secs(&ro.spec.progress_deadline, 600).max(1) as u64)
     });
-    watch(&rollouts, &a.rollout, &sent.id, timeout).await
+    let outcome = if a.no_wait {
+        Ok(None)
+    } else {
+        watch(&rollouts, &a.rollout, &sent.id, timeout, !json).await
+    };
+    if json {
+        let (state, record) = match &outcome {
+            Ok(record) => ("sent", record.clone()),
+            Err(_) => ("failed", None),
+        };
+        let state = record
+            .as_ref()
+            .map_or(state.to_owned(), |m| m.step.to_string());
+        let out = serde_json::json!({
+            "request": sent.id,
+            "by": sent.by,
+            "to": target.release,
+            "warnings": warnings,
+            "outcome": state,
+            "error": outcome.as_ref().err().map(ToString::to_string),
+            "log": record.as_ref().map(lines).unwrap_or_default(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    outcome.map(drop)
 }
 
-/// Prints the rollback's log lines as they appear, until it is done (Ok), refused or failed
-/// (Err with its last line), or `timeout` passes.
+/// What the rollback to `target` cannot restore: the recorded ConfigMap hashes against
+/// today's (read as the caller), Secrets, volumes on claims, and schema migrations of the
+/// releases deployed after it.
+async fn preflight(
+    client: &kube::Client,
+    ns: &str,
+    releases: &[Release],
+    target: &str,
+) -> Vec<String> {
+    let Some(t) = releases
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(target))
+    else {
+        return Vec::new();
+    };
+    let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let mut now = std::collections::BTreeMap::new();
+    let mut unread = Vec::new();
+    for h in &t.spec.config_hashes {
+        if h.kind != crate::api::release::ConfigKind::ConfigMap {
+            continue;
+        }
+        match api.get_opt(&h.name).await {
+            Ok(cm) => {
+                let hash = cm.map(|cm| {
+                    crate::preflight::content_hash(
+                        &cm.data.unwrap_or_default(),
+                        &cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect(),
+                    )
+                });
+                now.insert(h.name.clone(), hash);
+            }
+            Err(e) => {
+                // Not compared: say so instead of guessing.
+                now.insert(h.name.clone(), h.sha256.clone());
+                unread.push(format!(
+                    "ConfigMap {} could not be read to compare ({e})",
+                    h.name
+                ));
+            }
+        }
+    }
+    let created = t.metadata.creation_timestamp.as_ref().map(|c| c.0);
+    let since: Vec<&Release> = releases
+        .iter()
+        .filter(|r| r.metadata.name.as_deref() != Some(target))
+        .filter(|r| r.metadata.creation_timestamp.as_ref().map(|c| c.0) > created)
+        .collect();
+    let mut warnings = crate::preflight::warnings(t, &now, &since);
+    warnings.extend(unread);
+    warnings.truncate(crate::rollout::plan::MAX_WARNINGS);
+    warnings
+}
+
+/// Prints the rollback's log lines as they appear (when `print`), until it is done (Ok with
+/// its record), refused or failed (Err with its last line), or `timeout` passes.
 async fn watch(
     rollouts: &Api<Rollout>,
     name: &str,
     request: &str,
     timeout: Duration,
-) -> anyhow::Result<()> {
+    print: bool,
+) -> anyhow::Result<Option<crate::api::rollout::ManualRollback>> {
     let started = std::time::Instant::now();
     let mut printed = 0;
     loop {
@@ -118,12 +224,14 @@ async fn watch(
             .and_then(|r| r.status?.manual_rollback)
             .filter(|m| m.request == request);
         if let Some(mr) = mr {
-            for line in lines(&mr).iter().skip(printed) {
-                println!("{line}");
+            if print {
+                for line in lines(&mr).iter().skip(printed) {
+                    println!("{line}");
+                }
             }
             printed = mr.log.len().max(printed);
             match mr.step {
-                RevertStep::Done => return Ok(()),
+                RevertStep::Done => return Ok(Some(mr)),
                 RevertStep::Refused | RevertStep::Failed => {
                     let last = mr.log.last().map(|l| l.text.clone()).unwrap_or_default();
                     anyhow::bail!("{last}");

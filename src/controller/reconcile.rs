@@ -154,12 +154,28 @@ async fn halt_for_tests(variable: &str, before: &RolloutStatus, after: &RolloutS
     let Ok(step) = std::env::var(variable) else {
         return;
     };
+    // `Revert:<step>`: a step of a rollback by hand, done once its record has moved past it
+    // (the request's id tells two rollbacks apart).
+    let past = |s: &RolloutStatus, revert: &str| {
+        let m = s.manual_rollback.as_ref()?;
+        let order = ["Withdraw", "Restore", "Ready", "Record", "Done"];
+        let at = order.iter().position(|o| *o == m.step.to_string())?;
+        let wanted = order.iter().position(|o| *o == revert)?;
+        (at > wanted).then(|| m.request.clone())
+    };
     let done = |s: &RolloutStatus| {
         s.rollback
             .as_ref()
             .is_some_and(|rb| rb.completed.iter().any(|r| format!("{:?}", r.step) == step))
     };
-    if done(after) && !done(before) {
+    let halt = match step.strip_prefix("Revert:") {
+        Some(revert) => {
+            let now = past(after, revert);
+            now.is_some() && now != past(before, revert)
+        }
+        None => done(after) && !done(before),
+    };
+    if halt {
         tracing::warn!("halting at saga step {step} ({variable})");
         std::future::pending::<()>().await;
     }

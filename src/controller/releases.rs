@@ -1,6 +1,7 @@
 //! The actions on Releases: create one from the target's template, move its phase, and prune
 //! those beyond the history limit.
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -47,6 +48,7 @@ impl Applier<'_> {
             .get(DEPLOYED_BY_ANNOTATION)
             .filter(|by| !by.is_empty() && by.len() <= 256)
             .cloned();
+        let config_hashes = self.config_hashes(&template).await;
         let mut release = Release::new(
             name,
             ReleaseSpec {
@@ -64,6 +66,7 @@ impl Applier<'_> {
                 version,
                 change_cause,
                 deployed_by,
+                config_hashes,
             },
         );
         release.metadata.namespace = Some(self.ns.clone());
@@ -87,6 +90,33 @@ impl Applier<'_> {
             }
         }
         self.release_phase(name, phase, None).await
+    }
+
+    /// The content hash of each ConfigMap the template refers to, read now (at release time);
+    /// one that cannot be read is recorded without a hash, and the release goes on.
+    async fn config_hashes(&self, template: &Value) -> Vec<crate::api::release::ConfigHash> {
+        let names = crate::preflight::references(template).config_maps;
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let mut hashes = std::collections::BTreeMap::new();
+        for name in names {
+            let hash = match api.get_opt(&name).await {
+                Ok(Some(cm)) => Some(crate::preflight::content_hash(
+                    &cm.data.unwrap_or_default(),
+                    &cm.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect(),
+                )),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(rollout = %self.name, configmap = %name, error = %e, "cannot read a referenced ConfigMap; its hash is not recorded");
+                    None
+                }
+            };
+            hashes.insert(name, hash);
+        }
+        crate::preflight::record(template, |name| hashes.get(name).cloned().flatten())
     }
 
     pub(super) async fn release_phase(

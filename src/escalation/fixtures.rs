@@ -24,6 +24,7 @@ pub fn release(name: &str, digest: &str, version: &str, cause: Option<&str>) -> 
             version: Some(version.into()),
             change_cause: cause.map(str::to_owned),
             deployed_by: None,
+            config_hashes: Vec::new(),
         },
     );
     r.status = Some(ReleaseStatus::default());

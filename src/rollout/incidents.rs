@@ -231,6 +231,7 @@ mod tests {
             reason: Some("bad payment client config, fixed".into()),
             to: None,
             unstable: None,
+            warnings: Vec::new(),
         }));
         let plan = decide("c", &spec(), &status, &o);
         assert_eq!(open(&plan.status), 0);

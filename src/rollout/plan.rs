@@ -101,7 +101,14 @@ pub struct Request {
     /// `rollback`: mark the Release rolled back from Unstable, with this reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unstable: Option<String>,
+    /// `rollback`: what the CLI's preflight found the rollback cannot restore; logged and
+    /// published as a Warning (at most [`MAX_WARNINGS`], each bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
+
+/// The most preflight warnings a request carries into the log.
+pub const MAX_WARNINGS: usize = 16;
 
 /// Everything the machine decides on.
 #[derive(Clone, Debug, Default)]
@@ -208,12 +215,13 @@ pub enum Reason {
     ManualRollbackStarted,
     ManualRollbackDone,
     ManualRollbackRefused,
+    ManualRollbackWarning,
     /// A saga step done: `Rollback<Step>`.
     RollbackStep(RollbackStep),
 }
 
 impl Reason {
-    const NAMED: [(Reason, &'static str); 27] = [
+    const NAMED: [(Reason, &'static str); 28] = [
         (Reason::Initialized, "Initialized"),
         (Reason::Stable, "Stable"),
         (Reason::Blocked, "Blocked"),
@@ -241,6 +249,7 @@ impl Reason {
         (Reason::ManualRollbackStarted, "ManualRollbackStarted"),
         (Reason::ManualRollbackDone, "ManualRollbackDone"),
         (Reason::ManualRollbackRefused, "ManualRollbackRefused"),
+        (Reason::ManualRollbackWarning, "ManualRollbackWarning"),
     ];
 
     /// The reason a timeline entry or Event carries, read back; None for one this version does

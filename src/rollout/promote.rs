@@ -245,6 +245,7 @@ mod tests {
             reason: None,
             to: None,
             unstable: None,
+            warnings: Vec::new(),
         }));
         let status = decide("c", &spec(), &s, &o).status;
         o.request = None;

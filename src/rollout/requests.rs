@@ -171,6 +171,7 @@ mod tests {
             reason: None,
             to: None,
             unstable: None,
+            warnings: Vec::new(),
         }));
         let paused = decide("c", &spec(), &s, &o).status;
         assert_eq!(paused.phase, Some(RolloutPhase::Paused));
@@ -186,6 +187,7 @@ mod tests {
             reason: Some("pager noise".into()),
             to: None,
             unstable: None,
+            warnings: Vec::new(),
         }));
         let aborted = decide("c", &spec(), &paused, &o);
         assert_eq!(aborted.status.phase, Some(RolloutPhase::RollingBack));

@@ -10,11 +10,24 @@ use crate::api::release::{HistoryEntry, ReleasePhase, ReleaseVerdict};
 use crate::api::rollout::{ManualRollback, ReleaseRef, RevertStep, RolloutPhase};
 use crate::time::{format_time, parse_at, secs};
 
+/// Unix seconds from a request id `<action>-<nanoseconds in hex>`, as the CLI makes them.
+fn request_time(id: &str) -> Option<i64> {
+    let (_, hex) = id.rsplit_once('-')?;
+    let nanos = u128::from_str_radix(hex.get(..hex.len().min(32))?, 16).ok()?;
+    i64::try_from(nanos / 1_000_000_000).ok()
+}
+
 impl Planner<'_> {
     /// A `rollback` request: checks the chosen Release and starts, or records why not.
     pub(super) fn begin_revert(&mut self, req: &Request) {
         let now = self.now();
-        let at = format_time(now);
+        // The request's own time, when its id carries a recent one: a pass replayed after a
+        // crash writes the same history entries, which are then appended once.
+        let at = format_time(
+            request_time(&req.id)
+                .filter(|t| (now - 600..=now).contains(t))
+                .unwrap_or(now),
+        );
         let mut mr = ManualRollback {
             request: req.id.clone(),
             by: req.by.clone(),
@@ -71,6 +84,18 @@ impl Planner<'_> {
                 to.digest
             ),
         );
+        for w in req.warnings.iter().take(super::plan::MAX_WARNINGS) {
+            mr.log(at.clone(), format!("warning: {w}"));
+            self.note(
+                true,
+                Reason::ManualRollbackWarning,
+                format!(
+                    "rollback to {}: {}",
+                    to.release,
+                    crate::api::common::bounded(w)
+                ),
+            );
+        }
         if let Some(w) = &withdrawn {
             mr.log(
                 at.clone(),
@@ -393,6 +418,7 @@ mod tests {
             reason: Some("checkout errors".into()),
             to: Some(release_name("c", to)),
             unstable: unstable.map(str::to_owned),
+            warnings: vec!["ConfigMap c-config changed since c-0000000000 was released".into()],
         }
     }
 
@@ -430,6 +456,16 @@ mod tests {
         assert_eq!(mr.by, "alice@example.com");
         assert_eq!(mr.from.as_ref().map(|r| r.digest.as_str()), Some(OLD));
         assert!(log(&p)[0].contains("requested by alice@example.com: checkout errors"));
+        assert!(
+            log(&p).iter().any(|l| l == "warning: ConfigMap c-config changed since c-0000000000 was released"),
+            "{:?}",
+            log(&p)
+        );
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.warning && n.reason == Reason::ManualRollbackWarning)
+        );
         assert!(
             p.actions
                 .iter()
@@ -519,6 +555,26 @@ mod tests {
             "{:?}",
             p.actions
         );
+    }
+
+    #[test]
+    fn a_replayed_request_writes_the_same_history_entry() {
+        // rollback-<ns in hex> at 1,000 s and 0.5 s.
+        let id = format!("rollback-{:x}", 1_000_500_000_000u128);
+        assert_eq!(super::request_time(&id), Some(1000));
+        let entries = |now: i64| {
+            let req = Request {
+                id: id.clone(),
+                ..request(OLDER, None)
+            };
+            run(&stable_status(), &obs(now, Some(req)))
+                .actions
+                .into_iter()
+                .filter(|a| matches!(a, Action::ReleaseHistory { .. }))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(entries(1003), entries(1010));
+        assert!(super::request_time("rollback-zz").is_none());
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub(crate) struct Scenario {
     /// The Rollout's `escalation` (a receiver that does not exist unless set).
     pub(crate) escalation: Option<Value>,
     pub(crate) recovery_window: &'static str,
+    /// Replicas of the target (2 with a mesh, 9 without, when unset).
+    pub(crate) replicas: Option<i32>,
+    /// How long each pod takes to become Ready (kwok's pod-ready delay), when it should not
+    /// be at once.
+    pub(crate) ready_delay: Option<&'static str>,
 }
 
 impl Default for Scenario {
@@ -67,6 +72,8 @@ impl Default for Scenario {
             inconclusive: ("Rollback", 3),
             escalation: None,
             recovery_window: "5s",
+            replicas: None,
+            ready_delay: None,
         }
     }
 }
@@ -113,7 +120,12 @@ pub(crate) async fn apply_cluster(client: &Client, ar: &ApiResource, object: Val
 }
 
 pub(crate) fn target(digest: &str, replicas: i32) -> Value {
-    json!({
+    target_with(digest, replicas, None)
+}
+
+/// The target, its pods taking `ready_delay` to become Ready.
+pub(crate) fn target_with(digest: &str, replicas: i32, ready_delay: Option<&str>) -> Value {
+    let mut t = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": format!("deploy {}", &digest[7..12]),
                                                     "rollguard.dev/deployed-by": "ci@example.com"}},
@@ -129,7 +141,12 @@ pub(crate) fn target(digest: &str, replicas: i32) -> Value {
                                          "ports": [{"name": "http", "containerPort": 8080}]}]},
             },
         },
-    })
+    });
+    if let Some(delay) = ready_delay {
+        t["spec"]["template"]["metadata"]["annotations"]["pod-ready.stage.kwok.x-k8s.io/delay"] =
+            delay.into();
+    }
+    t
 }
 
 /// The route object of each router, all traffic on stable, with 400 requests per second.
@@ -186,6 +203,7 @@ pub(crate) struct Fixture {
     pub(crate) provider: String,
     pub(crate) router: Routing,
     pub(crate) replicas: i32,
+    pub(crate) ready_delay: Option<&'static str>,
     pub(crate) rollouts: Api<Rollout>,
     pub(crate) deployments: Api<Deployment>,
     pub(crate) releases: Api<Release>,
@@ -204,7 +222,9 @@ impl Fixture {
         }))
         .await;
         // Without a mesh the canary's share is its share of pods: 9 stable pods make 10% one pod.
-        let replicas = if sc.router == Routing::Replicas { 9 } else { 2 };
+        let replicas = sc
+            .replicas
+            .unwrap_or(if sc.router == Routing::Replicas { 9 } else { 2 });
         let fx = Fixture {
             rollouts: Api::namespaced(ns.client.clone(), &ns.name),
             deployments: Api::namespaced(ns.client.clone(), &ns.name),
@@ -214,6 +234,7 @@ impl Fixture {
             provider,
             router: sc.router,
             replicas,
+            ready_delay: sc.ready_delay,
         };
         fx.set_target(GOOD_A).await;
         let mut service = json!({
@@ -379,7 +400,7 @@ impl Fixture {
         self.ns
             .apply(
                 &core_resource("apps/v1", "Deployment", "deployments"),
-                target(digest, self.replicas),
+                target_with(digest, self.replicas, self.ready_delay),
             )
             .await;
     }

@@ -34,7 +34,13 @@ async fn serving(fx: &Fixture) -> (String, String) {
 #[tokio::test]
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn a_release_two_back_is_restored_by_hand_with_its_snapshot_and_a_live_log() {
-    let fx = Fixture::new("manual", &Scenario::default()).await;
+    // Three replicas whose pods take 2 s each to become Ready.
+    let sc = Scenario {
+        replicas: Some(3),
+        ready_delay: Some("2s"),
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("manual", &sc).await;
     let _controller = fx.controller();
     fx.initialized().await;
     fx.promoted(GOOD_B, 2).await;
@@ -78,13 +84,20 @@ async fn a_release_two_back_is_restored_by_hand_with_its_snapshot_and_a_live_log
         "00:00 rollback web web-dddddddddd → web-aaaaaaaaaa requested by",
         "config regression",
         "no build needed",
-        "rolling update of web-stable to web-aaaaaaaaaa",
-        "replicas of web-aaaaaaaaaa ready",
+        "rolling update of web-stable to web-aaaaaaaaaa: 0/3 replicas",
+        "rolling update 1/3 replicas of web-aaaaaaaaaa ready",
+        "rolling update 2/3 replicas of web-aaaaaaaaaa ready",
+        "all 3 replicas of web-aaaaaaaaaa ready",
         "rollback complete in",
     ] {
         assert!(r.stdout.contains(expected), "{expected:?} in\n{}", r.stdout);
     }
     println!("rollback by hand, request to complete: {took:.1?}");
+    // One pod at a time (maxUnavailable 0, maxSurge 1 of 3), each 2 s to be Ready.
+    assert!(
+        took >= Duration::from_secs(5),
+        "{took:?}: the pods' readiness was waited for"
+    );
 
     // The whole snapshot is back: the image and the environment of that release.
     let (image, env) = serving(&fx).await;
@@ -180,6 +193,159 @@ async fn a_rollback_by_hand_withdraws_a_running_canary_first() {
     assert_eq!(
         fx.release_phase(GOOD_D).await,
         Some(ReleasePhase::Superseded)
+    );
+    fx.cleanup().await;
+}
+
+/// SIGKILL between each step's writes and its record: the next controller redoes the step, and
+/// the rollback completes once, with each line of its log and each history entry once.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_rollback_by_hand_survives_sigkill_at_every_step() {
+    let fx = Fixture::new("manual-kill", &Scenario::default()).await;
+    let log = fx.log();
+    let first = fx.controller();
+    fx.initialized().await;
+    fx.promoted(GOOD_B, 2).await;
+    first.kill();
+    let steps = ["Withdraw", "Restore", "Ready", "Record"];
+    let halting = |step: &str| {
+        ControllerProcess::start_with(
+            &log,
+            &[(
+                "ROLLGUARD_TEST_HALT_BEFORE_RECORD",
+                &format!("Revert:{step}"),
+            )],
+        )
+    };
+    let mut controller = halting(steps[0]);
+    let r = rollguard(&["rollback", "web", "-n", &fx.ns.name, "--no-wait"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    for (i, step) in steps.iter().enumerate() {
+        let line =
+            format!("halting at saga step Revert:{step} (ROLLGUARD_TEST_HALT_BEFORE_RECORD)");
+        eventually(
+            &format!("the controller halted before recording {step}"),
+            Duration::from_secs(90),
+            || async {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|t| t.matches(&line).count() == 1)
+                    .map(drop)
+            },
+        )
+        .await;
+        controller.kill();
+        println!("SIGKILL before recording {step}");
+        controller = match steps.get(i + 1) {
+            Some(next) => halting(next),
+            None => fx.controller(),
+        };
+    }
+    let done = eventually("the rollback done", Duration::from_secs(90), || async {
+        fx.status()
+            .await
+            .manual_rollback
+            .filter(|m| m.step == RevertStep::Done)
+    })
+    .await;
+    let texts: Vec<&str> = done.log.iter().map(|l| l.text.as_str()).collect();
+    for once in ["requested by", "no build needed", "rollback complete"] {
+        assert_eq!(
+            texts.iter().filter(|t| t.contains(once)).count(),
+            1,
+            "{once:?} once in {texts:?}"
+        );
+    }
+    let (image, env) = serving(&fx).await;
+    assert!(image.ends_with(GOOD_A) && env == "aaaaa", "{image} {env}");
+    assert_eq!(
+        fx.release_phase(GOOD_B).await,
+        Some(ReleasePhase::Superseded)
+    );
+    let history = fx.release(GOOD_A).await.status.expect("status").history;
+    assert_eq!(
+        history.iter().filter(|h| h.action == "rollback-to").count(),
+        1,
+        "{history:?}"
+    );
+    drop(controller);
+    fx.cleanup().await;
+}
+
+/// A ConfigMap the release referred to changed since: the rollback says so (log, Event,
+/// JSON), and `--strict` refuses.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn the_preflight_says_what_a_rollback_cannot_restore() {
+    let fx = Fixture::new("manual-preflight", &Scenario::default()).await;
+    let configmaps = core_resource("v1", "ConfigMap", "configmaps");
+    let config = |value: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"},
+               "data": {"FEATURE": value}})
+    };
+    fx.ns.apply(&configmaps, config("off")).await;
+    let deployments = core_resource("apps/v1", "Deployment", "deployments");
+    let with_config = |digest: &str| {
+        let mut t = target(digest, fx.replicas);
+        t["spec"]["template"]["spec"]["containers"][0]["envFrom"] =
+            json!([{"configMapRef": {"name": "web-config"}}]);
+        t
+    };
+    fx.ns.apply(&deployments, with_config(GOOD_A)).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    let hashes = fx.release(GOOD_A).await.spec.config_hashes;
+    assert!(
+        hashes.len() == 1 && hashes[0].name == "web-config" && hashes[0].sha256.is_some(),
+        "{hashes:?}"
+    );
+    fx.ns.apply(&deployments, with_config(GOOD_B)).await;
+    fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(120))
+        .await;
+    // The feature flag flipped after A was released.
+    fx.ns.apply(&configmaps, config("on")).await;
+
+    let ns = fx.ns.name.clone();
+    let r = rollguard(&["rollback", "web", "-n", &ns, "--to", "aaaaa", "--strict"]);
+    assert!(!r.ok, "refused: {}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("refused by --strict"), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("ConfigMap web-config changed since aaaaa was released; the rollback does not restore it"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        fx.status().await.manual_rollback,
+        None,
+        "nothing was sent under --strict"
+    );
+
+    let r = rollguard(&["rollback", "web", "-n", &ns, "--to", "aaaaa", "-o", "json"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(out["outcome"], "Done", "{out}");
+    assert!(
+        out["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("ConfigMap web-config changed")),
+        "{out}"
+    );
+    assert!(
+        out["log"].as_array().is_some_and(|l| l.iter().any(|l| l
+            .as_str()
+            .is_some_and(|l| l.contains("warning: ConfigMap web-config changed")))),
+        "{out}"
+    );
+    let events = run_ok(
+        "kubectl",
+        &["get", "events.events.k8s.io", "-n", &ns, "-o", "json"],
+        None,
+    );
+    assert!(
+        events.contains("ManualRollbackWarning") && events.contains("web-config changed"),
+        "a Warning Event"
     );
     fx.cleanup().await;
 }
