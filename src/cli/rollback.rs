@@ -45,8 +45,8 @@ pub struct RollbackArgs {
     pub no_wait: bool,
     /// `json`: one object at the end with the request, the preflight warnings, the outcome and
     /// the log.
-    #[arg(short = 'o', long, value_enum, default_value_t = crate::cli::Output::Text)]
-    pub output: crate::cli::Output,
+    #[arg(short = 'o', long, value_enum, default_value_t = super::args::Output::Text)]
+    pub output: super::args::Output,
     /// Stop waiting after this long (the rollback goes on in the controller); the Rollout's
     /// progress deadline when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -80,7 +80,7 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
         anyhow::bail!("cannot roll back to {}: {why}", target.release);
     }
     let warnings = preflight(&client, &ns, &releases.items, &target.release).await;
-    let json = a.output == crate::cli::Output::Json;
+    let json = a.output == super::args::Output::Json;
     for w in &warnings {
         if !json {
             println!("warning: {w}");

@@ -278,6 +278,18 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
         text.contains("ddd0f3e release ddddd") && text.contains("ci@example.com"),
         "{text}"
     );
+    // The rolled-back release is Unstable: a rollback to it by hand needs an override.
+    let r = run(
+        env!("CARGO_BIN_EXE_rollguard"),
+        &["rollback", "web", "-n", &fx.ns.name, "--to", "ccccc"],
+        None,
+    );
+    assert!(
+        !r.ok && r.stderr.contains("--override-reason"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
 
     // What /metrics says about it: one promotion, one rollback with its times, no digests.
     let text = controller.metrics().await;
