@@ -92,6 +92,37 @@ pub async fn submit(
     Ok(request)
 }
 
+/// Waits for the controller's answer to request `id`: accepted or refused, and why. The
+/// controller acts on a request within a reconcile; past `timeout` it is said to be down.
+pub async fn outcome(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    id: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<crate::api::rollout::RequestOutcome> {
+    let api = Api::<Rollout>::namespaced(client.clone(), namespace);
+    let started = std::time::Instant::now();
+    loop {
+        let answer = api
+            .get_status(rollout)
+            .await
+            .ok()
+            .and_then(|r| r.status?.request_outcome)
+            .filter(|o| o.id == id);
+        if let Some(o) = answer {
+            return Ok(o);
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "no answer from the controller within {}s: is it running? The request stays on the \
+             Rollout and is acted on when it is (`rollguard status {rollout}`)",
+            timeout.as_secs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
 /// The release history of a Rollout, newest first.
 pub async fn history(
     client: &Client,
@@ -167,7 +198,7 @@ pub fn render_status(ro: &Rollout, releases: &[Release]) -> String {
         let _ = writeln!(
             out,
             "  Step:     {} of {}",
-            i.min(ro.spec.steps.len() as i32),
+            (i + 1).min(ro.spec.steps.len() as i32),
             ro.spec.steps.len()
         );
     }
@@ -305,16 +336,25 @@ pub async fn status(
             .await
             .map(|l| l.items)
             .unwrap_or_default();
+        // Watching a terminal: one screen, redrawn in place. Watching into a pipe: a line per
+        // change. JSON: the whole object per change.
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let lines = watch && !tty && !json_out;
         let text = if json_out {
             serde_json::to_string_pretty(&json!({"rollout": ro, "releases": list}))?
+        } else if lines {
+            status_line(&ro)
         } else {
             render_status(&ro, &list)
         };
         if text != last {
-            if watch && !last.is_empty() {
-                println!("---");
+            if lines {
+                println!("{} {text}", format_time(crate::time::unix_now()));
+            } else if watch && tty && !json_out {
+                print!("{CLEAR_SCREEN}{text}");
+            } else {
+                print!("{text}");
             }
-            print!("{text}");
             last = text;
         }
         if !watch {
@@ -322,6 +362,27 @@ pub async fn status(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// Moves the cursor home and clears the screen (ANSI), for a watch that redraws in place.
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
+/// A Rollout in one line, for a watch into a pipe: phase, step, weights, digests and message.
+pub fn status_line(ro: &Rollout) -> String {
+    let s = ro.status.clone().unwrap_or_default();
+    let digest = |r: &Option<crate::api::rollout::ReleaseRef>| {
+        r.as_ref()
+            .map_or("-".to_owned(), |r| r.short_digest.clone())
+    };
+    format!(
+        "{:?} step {} canary {}% stable {} canary {}: {}",
+        s.phase.unwrap_or_default(),
+        crate::rollout::decide::step_column(s.current_step, ro.spec.steps.len()),
+        s.canary_weight.unwrap_or(0),
+        digest(&s.stable),
+        digest(&s.canary),
+        s.message.as_deref().unwrap_or("")
+    )
 }
 
 /// The incident of a rollback of `name`, as receivers got it.
@@ -448,6 +509,24 @@ mod tests {
     }
 
     #[test]
+    fn a_piped_watch_prints_one_line_per_rollout_state() {
+        let status = RolloutStatus {
+            phase: Some(RolloutPhase::Progressing),
+            message: Some("step 1 of 2: canary at 10%".into()),
+            current_step: Some(0),
+            canary_weight: Some(10),
+            ..RolloutStatus::default()
+        };
+        let line = status_line(&rollout(status));
+        assert_eq!(
+            line,
+            "Progressing step 1/2 canary 10% stable - canary -: step 1 of 2: canary at 10%"
+        );
+        assert!(!line.contains('\n'));
+        assert!(CLEAR_SCREEN.starts_with('\x1b'));
+    }
+
+    #[test]
     fn status_shows_phase_digests_verdicts_saga_and_timeline() {
         let digest = format!("sha256:{}", "b".repeat(64));
         let status = RolloutStatus {
@@ -490,7 +569,7 @@ mod tests {
         for expected in [
             "Rollout shop/web",
             "Phase:    RollingBack",
-            "Step:     0 of 2",
+            "Step:     1 of 2",
             &format!("Canary:   web-bbbbbbbbbb {digest}"),
             "error-rate       Fail         canary 3.6% vs baseline 0.0%",
             "canary 9/250, baseline 0/2200",

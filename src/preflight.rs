@@ -98,6 +98,18 @@ pub fn content_hash(data: &BTreeMap<String, String>, binary: &BTreeMap<String, V
         .collect::<String>()
 }
 
+/// [`content_hash`] of a ConfigMap as the apiserver returned it.
+pub fn config_map_hash(cm: k8s_openapi::api::core::v1::ConfigMap) -> String {
+    content_hash(
+        &cm.data.unwrap_or_default(),
+        &cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    )
+}
+
 /// What the rollback to `target` cannot restore, in words: each recorded ConfigMap whose hash
 /// `now` differs from the one at release time (`now` maps a name to today's hash, None when
 /// it is gone), each referenced Secret (not read, so not checked), each volume on a claim, and

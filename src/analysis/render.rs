@@ -220,6 +220,55 @@ fn shift(expr: &mut promql_parser::parser::Expr, by: std::time::Duration) {
     }
 }
 
+/// The same counter query as a per-second rate over `window`: each bare selector becomes
+/// `rate(selector[window])`, inside whatever aggregates it, so a graph of it shows the traffic
+/// rather than a counter's climb. Selectors that already have a range are left as they are.
+pub fn as_rate(promql: &str, window: std::time::Duration) -> Result<String, RenderError> {
+    use promql_parser::parser::Expr;
+    check_bounds(promql)?;
+    let mut ast = promql_parser::parser::parse(promql).map_err(RenderError::Parse)?;
+    let Ok(Expr::Call(rate)) = promql_parser::parser::parse("rate(x[1m])") else {
+        return Ok(ast.to_string());
+    };
+    rated(&mut ast, &rate.func, window);
+    Ok(ast.to_string())
+}
+
+fn rated(
+    expr: &mut promql_parser::parser::Expr,
+    rate: &promql_parser::parser::Function,
+    window: std::time::Duration,
+) {
+    use promql_parser::parser::{Call, Expr, FunctionArgs, MatrixSelector};
+    match expr {
+        Expr::VectorSelector(vs) => {
+            let vs = vs.clone();
+            *expr = Expr::Call(Call {
+                func: rate.clone(),
+                args: FunctionArgs {
+                    args: vec![Box::new(Expr::MatrixSelector(MatrixSelector {
+                        vs,
+                        range: window,
+                    }))],
+                },
+            });
+        }
+        Expr::Aggregate(a) => rated(&mut a.expr, rate, window),
+        Expr::Unary(u) => rated(&mut u.expr, rate, window),
+        Expr::Paren(p) => rated(&mut p.expr, rate, window),
+        Expr::Binary(b) => {
+            rated(&mut b.lhs, rate, window);
+            rated(&mut b.rhs, rate, window);
+        }
+        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| rated(a, rate, window)),
+        Expr::MatrixSelector(_)
+        | Expr::Subquery(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::Extension(_) => {}
+    }
+}
+
 /// Checks a template without values: placeholders known, strings quoted, and the query (with
 /// probe values) parses. Used by lint.
 pub fn check_template(
@@ -701,5 +750,24 @@ mod tests {
             skeleton(r#"sum(rate(http_2xx_total{a="b\"c"}[5m])) > 0.5"#),
             r#"sum(rate(http_2xx_total{a=""}[N])) > N"#
         );
+    }
+
+    #[test]
+    fn counters_are_graphed_as_rates_inside_their_aggregation() {
+        let m = std::time::Duration::from_secs(60);
+        assert_eq!(
+            as_rate(r#"sum(requests_total{arm="c"})"#, m).expect("rate"),
+            r#"sum(rate(requests_total{arm="c"}[1m]))"#
+        );
+        assert_eq!(
+            as_rate(r#"sum by (le) (d_bucket{arm="c"})"#, m).expect("rate"),
+            r#"sum by (le) (rate(d_bucket{arm="c"}[1m]))"#
+        );
+        // Already a range: left alone.
+        assert_eq!(
+            as_rate(r#"sum(rate(x[5m]))"#, m).expect("rate"),
+            r#"sum(rate(x[5m]))"#
+        );
+        assert!(as_rate("sum(", m).is_err());
     }
 }

@@ -15,6 +15,7 @@ use super::common::Duration;
     group = "rollguard.dev",
     version = "v1alpha1",
     kind = "AnalysisTemplate",
+    doc = "How a canary is judged: metrics with their Prometheus queries and the judgment of each (threshold, relative, errorRate or latency), and what an inconclusive run leads to.",
     namespaced,
     shortname = "rgat",
     category = "rollguard",
@@ -29,6 +30,7 @@ pub struct AnalysisTemplateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub args: Vec<Argument>,
+    /// What is measured and how each measurement is judged (1 to 16 metrics, unique names).
     #[schemars(length(min = 1, max = 16))]
     pub metrics: Vec<Metric>,
     /// What a run of Inconclusive measurements leads to.
@@ -50,6 +52,7 @@ fn default_inconclusive_limit() -> i32 {
     group = "rollguard.dev",
     version = "v1alpha1",
     kind = "ClusterAnalysisTemplate",
+    doc = "An AnalysisTemplate shared by every namespace; a Rollout refers to it with clusterScope: true.",
     shortname = "rgcat",
     category = "rollguard",
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -62,7 +65,9 @@ pub struct ClusterAnalysisTemplateSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Argument {
-    #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_]*$"), length(max = 63))]
+    /// The name queries use as `{{args.NAME}}`: a letter, then letters, digits, `_` or `-`
+    /// (`service-name`, as Argo Rollouts templates write it).
+    #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_-]*$"), length(max = 63))]
     pub name: String,
     /// The type the value is checked against before it is rendered into a query.
     #[serde(rename = "type")]
@@ -71,6 +76,7 @@ pub struct Argument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub default: Option<String>,
+    /// What the argument means, for whoever fills it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
@@ -112,6 +118,7 @@ pub enum NoDataAction {
     "[has(self.threshold), has(self.relative), has(self.errorRate), has(self.latency)].filter(x, x).size() == 1"
 ).message("a metric has exactly one judgment: threshold, relative, errorRate or latency"))]
 pub struct Metric {
+    /// The metric's name, unique in its template; lowercase letters, digits and `-`.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: String,
     /// Name of the cluster-scoped MetricProvider that answers the queries.
@@ -127,6 +134,7 @@ pub struct Metric {
     /// Measured and reported, never acted on.
     #[serde(default)]
     pub dry_run: bool,
+    /// What a measurement without data is: Inconclusive (the default) or Fail.
     #[serde(default)]
     pub on_no_data: NoDataAction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,8 +160,10 @@ pub struct Threshold {
     /// (at most 4096 bytes).
     #[schemars(length(min = 1, max = 4096))]
     pub query: String,
+    /// The lowest value that passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
+    /// The highest value that passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
 }
@@ -165,7 +175,9 @@ pub struct Relative {
     /// PromQL evaluated once per arm (at most 4096 bytes).
     #[schemars(length(min = 1, max = 4096))]
     pub query: String,
+    /// The most the canary's value may be, as a multiple of the baseline's.
     pub max_ratio: f64,
+    /// Added to baseline × maxRatio: an absolute allowance (default 0).
     #[serde(default)]
     pub max_delta: f64,
 }
@@ -192,6 +204,7 @@ pub struct ErrorRate {
     #[serde(default = "default_floor")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub floor: f64,
+    /// Requests each arm must serve before a Pass is possible (a Fail needs none).
     #[serde(default = "default_min_requests")]
     #[schemars(range(min = 1))]
     pub min_requests: i64,
@@ -218,9 +231,12 @@ pub struct Latency {
     /// 4096 bytes).
     #[schemars(length(min = 1, max = 4096))]
     pub buckets: String,
+    /// The quantiles compared, each in (0, 1) (default 0.5, 0.95 and 0.99; at most 5).
     #[serde(default = "default_quantiles")]
     #[schemars(length(min = 1, max = 5))]
     pub quantiles: Vec<f64>,
+    /// How much more often the canary may exceed each of the baseline's quantile
+    /// boundaries before it counts as slower (default 1.5).
     #[serde(default = "default_tolerated_ratio")]
     #[schemars(range(min = 1.0))]
     pub tolerated_ratio: f64,
@@ -235,6 +251,7 @@ pub struct Latency {
     /// conventions) or `milliseconds` (Istio, Linkerd).
     #[serde(default)]
     pub bucket_unit: BucketUnit,
+    /// Requests each arm must serve before a Pass is possible (a Fail needs none).
     #[serde(default = "default_min_requests")]
     #[schemars(range(min = 1))]
     pub min_requests: i64,

@@ -9,7 +9,6 @@ use super::common::{Duration, SecretKeyRef};
 
 const HTTP_URL: &str = r"^https?://[^\s/$.?#][^\s]*$";
 
-/// A Prometheus-compatible endpoint that analysis templates may query.
 /// Whether an allowlist of namespaces (`*` for all) admits `namespace`.
 pub fn namespace_allowed(allowed: &[String], namespace: &str) -> bool {
     allowed.iter().any(|n| n == "*" || n == namespace)
@@ -20,13 +19,17 @@ pub fn namespace_allowed(allowed: &[String], namespace: &str) -> bool {
     group = "rollguard.dev",
     version = "v1alpha1",
     kind = "MetricProvider",
+    doc = "A Prometheus-compatible endpoint, with its credentials, that the analysis templates of the allowed namespaces may query.",
     shortname = "rgmp",
     category = "rollguard",
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.prometheus.address"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+/// A Prometheus-compatible endpoint that analysis templates may query, and the namespaces
+/// allowed to.
 pub struct MetricProviderSpec {
+    /// The Prometheus (or compatible) HTTP API the queries go to.
     pub prometheus: PrometheusEndpoint,
     /// Namespaces whose templates may use this provider; `*` allows all.
     #[schemars(length(min = 1))]
@@ -53,11 +56,13 @@ pub struct PrometheusEndpoint {
     pub scrape_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token: Option<SecretKeyRef>,
+    /// HTTP basic authentication, from Secrets in the controller's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
     /// PEM bundle of the CAs to trust for an https address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<SecretKeyRef>,
+    /// Accept any TLS certificate. For tests only: the answers decide rollbacks.
     #[serde(default)]
     pub insecure_skip_verify: bool,
 }
@@ -79,6 +84,7 @@ pub struct BasicAuth {
     group = "rollguard.dev",
     version = "v1alpha1",
     kind = "Receiver",
+    doc = "Where incidents go: an Alertmanager, PagerDuty, Slack or a signed webhook, for the Rollouts of the allowed namespaces.",
     shortname = "rgrcv",
     category = "rollguard",
     status = "ReceiverStatus",
@@ -93,12 +99,16 @@ pub struct ReceiverSpec {
     /// names this Receiver gets a refusal, and the Receiver never sees its incident text.
     #[schemars(length(min = 1))]
     pub allowed_namespaces: Vec<String>,
+    /// Post incidents to an Alertmanager as alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alertmanager: Option<AlertmanagerReceiver>,
+    /// Send incidents to PagerDuty (Events API v2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pager_duty: Option<PagerDutyReceiver>,
+    /// Post incidents to a Slack incoming webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<SlackReceiver>,
+    /// POST incidents as signed JSON to an HTTP endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookReceiver>,
 }
@@ -141,6 +151,7 @@ pub struct SlackReceiver {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookReceiver {
+    /// Where incidents are POSTed: an http or https URL.
     #[schemars(regex(pattern = HTTP_URL))]
     pub url: String,
     /// HMAC-SHA256 keys; the first signs, and two are accepted while a key is rotated.
@@ -148,9 +159,11 @@ pub struct WebhookReceiver {
     pub signing_keys: Vec<SecretKeyRef>,
 }
 
+/// What the controller found when it used the Receiver.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiverStatus {
+    /// Conditions the controller reports on this Receiver.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<super::common::Condition>,
 }

@@ -47,6 +47,66 @@ mod tests {
     const CRD_DIRS: [&str; 2] = ["crds", "charts/rollguard/files/crds"];
     const REGENERATE: &str = "make crds";
 
+    /// Every property of every kind without a description, as `Kind .path.to.field`.
+    fn undescribed() -> Vec<String> {
+        fn walk(kind: &str, path: &str, node: &serde_json::Value, out: &mut Vec<String>) {
+            if let Some(props) = node["properties"].as_object() {
+                for (name, child) in props {
+                    let here = format!("{path}.{name}");
+                    let described = child["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.trim().is_empty());
+                    if !described {
+                        out.push(format!("{kind} {here}"));
+                    }
+                    walk(kind, &here, child, out);
+                }
+            }
+            if node["items"].is_object() {
+                walk(kind, &format!("{path}[]"), &node["items"], out);
+            }
+            if node["additionalProperties"].is_object() {
+                walk(
+                    kind,
+                    &format!("{path}{{}}"),
+                    &node["additionalProperties"],
+                    out,
+                );
+            }
+        }
+        let mut out = Vec::new();
+        for crd in crds() {
+            let kind = crd.spec.names.kind.clone();
+            for v in &crd.spec.versions {
+                let schema = serde_json::to_value(
+                    v.schema
+                        .as_ref()
+                        .and_then(|s| s.open_api_v3_schema.as_ref()),
+                )
+                .unwrap_or_default();
+                let top = schema["description"].as_str().unwrap_or("");
+                if top.is_empty() || top.starts_with("Auto-generated") {
+                    out.push(format!("{kind} (the kind itself): {top:?}"));
+                }
+                walk(&kind, "", &schema, &mut out);
+            }
+        }
+        out
+    }
+
+    /// `kubectl explain` shows each description: a field without one is a field users must
+    /// guess at.
+    #[test]
+    fn every_kind_and_field_has_a_description() {
+        let missing = undescribed();
+        assert!(
+            missing.is_empty(),
+            "{} without a description (add a /// comment to the Rust field or type):\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
+
     #[test]
     fn committed_crds_match_the_rust_types() {
         // Cargo sets CARGO_MANIFEST_DIR when it runs a test. The compile-time value can name

@@ -28,6 +28,7 @@ pub const FRESH_VERDICT_RULE: &str = "!has(self.phase) || self.phase != 'Unstabl
     group = "rollguard.dev",
     version = "v1alpha1",
     kind = "Release",
+    doc = "One artifact a Rollout delivered or tried to: its images by digest and its whole pod template, its phase (Unstable ones are never canaried again without an override), and who did what to it. Written by the controller.",
     namespaced,
     status = "ReleaseStatus",
     shortname = "rgrel",
@@ -89,7 +90,9 @@ pub enum ConfigKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigHash {
+    /// ConfigMap or Secret.
     pub kind: ConfigKind,
+    /// The object's name, in the Release's namespace.
     #[schemars(length(max = 253))]
     pub name: String,
     /// sha256 of the ConfigMap's data and binaryData (hex); absent for a Secret, or for a
@@ -109,6 +112,7 @@ fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerImage {
+    /// The container's name in the pod template.
     pub container: String,
     /// `registry/repository@sha256:<64 hex>`.
     #[schemars(length(min = 1, max = 512))]
@@ -136,7 +140,9 @@ pub enum ReleasePhase {
 #[x_kube(validation = kube::core::Rule::new(FRESH_VERDICT_RULE).message(
     "a Release that becomes Unstable loses its earlier override (remove status.override)"
 ))]
+/// The Release's phase, its verdict when Unstable, a human's override, and who did what to it.
 pub struct ReleaseStatus {
+    /// Candidate, Progressing, Stable, Superseded or Unstable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ReleasePhase>,
     /// A human's decision to lift the Unstable verdict.
@@ -146,6 +152,7 @@ pub struct ReleaseStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub history: Vec<HistoryEntry>,
+    /// Conditions the controller reports on this Release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Why the Release is Unstable: the verdict and the measurements it rests on.
@@ -156,10 +163,14 @@ pub struct ReleaseStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseVerdict {
+    /// What was judged, in words.
     pub reason: String,
+    /// The metric that failed, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// When the verdict was reached (RFC 3339).
     pub at: String,
+    /// The measurements it rests on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<MetricEvidence>,
 }
@@ -170,6 +181,7 @@ pub struct Override {
     /// Why the Unstable verdict no longer holds. Required, and recorded.
     #[schemars(length(max = 1024))]
     pub reason: String,
+    /// Who lifted it, as the apiserver named them.
     pub by: String,
     /// RFC 3339 time of the override.
     pub at: String,
@@ -180,8 +192,11 @@ pub struct Override {
 pub struct HistoryEntry {
     /// promote, abort, pause, resume, rollback, override, …
     pub action: String,
+    /// Who acted, as the apiserver named them.
     pub by: String,
+    /// When (RFC 3339).
     pub at: String,
+    /// Why, as they said it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

@@ -14,16 +14,18 @@ pub use super::rollout_status::*;
     group = "rollguard.dev",
     version = "v1alpha1",
     kind = "Rollout",
+    doc = "A Deployment delivered progressively: the canary's traffic is stepped through a mesh or the replica ratio, judged against a baseline by the analysis templates, promoted on a Pass and rolled back on a Fail, with an escalation to whoever is on call.",
     namespaced,
     status = "RolloutStatus",
     shortname = "rgro",
     category = "rollguard",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.currentStep"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.shortDigest"}"#,
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canary.shortDigest"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message"}"#,
     validation = kube::core::Rule::new(
         "!(self.spec.targetRef.name in [self.metadata.name + '-stable', \
          self.metadata.name + '-canary', self.metadata.name + '-baseline'])"
@@ -151,8 +153,11 @@ pub struct IstioRouter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSubsets {
+    /// Name of the DestinationRule in the Rollout's namespace.
     pub name: String,
+    /// The subset whose pods the stable arm's labels select.
     pub stable_subset: String,
+    /// The subset whose pods the canary arm's labels select.
     pub canary_subset: String,
 }
 
@@ -187,6 +192,7 @@ pub struct Step {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pause {
+    /// How long to hold; until `rollguard resume` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Duration>,
 }
@@ -206,6 +212,7 @@ pub struct RolloutAnalysis {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateRef {
+    /// Name of the AnalysisTemplate (or ClusterAnalysisTemplate).
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Refer to a ClusterAnalysisTemplate instead of an AnalysisTemplate in this namespace.
@@ -216,8 +223,10 @@ pub struct TemplateRef {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArgValue {
+    /// The argument's name, as the template declares it.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
+    /// Its value, checked against the argument's type before it is rendered.
     #[schemars(length(max = 1024))]
     pub value: String,
 }

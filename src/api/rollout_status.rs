@@ -24,19 +24,28 @@ pub enum RolloutPhase {
     Reverting,
 }
 
+/// What the controller observed and did: the phase, the Releases serving and being
+/// canaried, the latest analysis, the rollback saga, the incidents and the timeline.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
+    /// Where the Rollout is in its lifecycle: Initializing, Stable, Progressing, Paused,
+    /// Promoting, RollingBack, RolledBack, Blocked or Reverting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RolloutPhase>,
     /// Why the Rollout is in its phase, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The `metadata.generation` of the spec this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Index of the step in progress.
+    /// Index of the step in progress, from 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step: Option<i32>,
+    /// The step in progress as people count it, `1/3`; `-` when no canary runs (the `Step`
+    /// column of `kubectl get rollouts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// The canary weight last written and verified on the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_weight: Option<i32>,
@@ -44,6 +53,8 @@ pub struct RolloutStatus {
     pub stable: Option<ReleaseRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<ReleaseRef>,
+    /// Ready, AnalysisInvalid, TemplateInSync and RollbackIncomplete, each True or False with
+    /// why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Replicas the target declared before rollguard scaled it to zero: the stable size.
@@ -61,6 +72,10 @@ pub struct RolloutStatus {
     /// The last manual request (`rollguard.dev/request` annotation) acted on, by its id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_request: Option<String>,
+    /// What became of the last manual request: accepted or refused, and why. The CLI waits
+    /// for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_outcome: Option<RequestOutcome>,
     /// The stable Release before the last promotion: what a failed post-promotion window
     /// restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,11 +108,13 @@ pub struct RolloutStatus {
 pub struct AnalysisSummary {
     /// Running, Pass, Fail or Inconclusive.
     pub decision: String,
+    /// Why the decision is what it is, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When a metric first measured Fail in this run (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_fail_at: Option<String>,
+    /// The latest measurement of each metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricEvidence>,
 }
@@ -107,8 +124,11 @@ pub struct AnalysisSummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricEvidence {
+    /// The metric's name in its template.
     pub metric: String,
+    /// Pass, Fail, Inconclusive or Running.
     pub verdict: String,
+    /// Why, in words: the rates or values and the test's outcome.
     pub reason: String,
     /// RFC 3339 time of the measurement.
     pub at: String,
@@ -122,13 +142,16 @@ pub struct MetricEvidence {
     /// from (the canary got worse then, after a healthy stretch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worse_since: Option<String>,
+    /// The rendered queries and what each returned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queries: Vec<QueryValue>,
     /// Address of the Prometheus that answered, for graph links.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A Fail of this metric rolls back at once.
     #[serde(default)]
     pub critical: bool,
+    /// Measured and reported, never acted on.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -138,9 +161,12 @@ pub struct MetricEvidence {
 pub struct QueryValue {
     /// `canary requests`, `baseline errors`, …
     pub name: String,
+    /// The query as sent, placeholders filled.
     pub promql: String,
+    /// The value it returned, when it returned one series.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// Why the query failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -206,9 +232,11 @@ impl std::fmt::Display for RollbackStep {
 pub struct RollbackStatus {
     /// The Release being rolled back.
     pub release: String,
+    /// The image digest rolled back.
     pub digest: String,
     /// Why: the failing metric and its reason, or who aborted.
     pub reason: String,
+    /// The metric whose Fail started it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
     /// The step to do next; `Done` when the saga finished.
@@ -216,6 +244,7 @@ pub struct RollbackStatus {
     /// Steps finished, each with its time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed: Vec<SagaRecord>,
+    /// When the rollback began (RFC 3339).
     pub started_at: String,
     /// The first failing measurement (RFC 3339), when a metric triggered the rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,6 +252,7 @@ pub struct RollbackStatus {
     /// When zero canary weight was verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_zero_at: Option<String>,
+    /// When the restored stable had held through the recovery window (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_at: Option<String>,
     /// The last time the restored stable measured worse than before the rollout; the recovery
@@ -232,6 +262,7 @@ pub struct RollbackStatus {
     /// Failed attempts of the current step.
     #[serde(default)]
     pub attempts: i32,
+    /// The error of the current step's last failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The evidence that triggered the rollback.
@@ -247,6 +278,7 @@ pub struct RollbackStatus {
 #[serde(rename_all = "camelCase")]
 pub struct SagaRecord {
     pub step: RollbackStep,
+    /// When the step was done (RFC 3339).
     pub at: String,
 }
 
@@ -298,8 +330,11 @@ pub enum IncidentKind {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
+    /// The Receiver's name.
     pub receiver: String,
+    /// Pending, Delivered or Failed.
     pub state: DeliveryState,
+    /// Attempts so far.
     #[serde(default)]
     pub attempts: i32,
     /// The last send (RFC 3339); Alertmanager re-sends an open incident from here.
@@ -308,6 +343,7 @@ pub struct Delivery {
     /// When a Pending delivery is tried again (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
+    /// When the receiver accepted it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<String>,
     /// Why the last attempt failed, naming the Receiver's field.
@@ -320,15 +356,21 @@ pub struct Delivery {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxEntry {
+    /// One incident per key: the receivers deduplicate on it.
     pub dedup_key: String,
+    /// Trigger opens or updates the incident; Resolve closes it.
     pub action: OutboxAction,
     pub severity: Severity,
+    /// The incident's one-line summary.
     pub title: String,
     /// The Release rolled back; its status holds the evidence.
     pub release: String,
+    /// The digest traffic was moved back to, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_digest: Option<String>,
+    /// The digest the incident is about.
     pub to_digest: String,
+    /// When it was queued (RFC 3339).
     pub created_at: String,
     #[serde(default)]
     pub kind: IncidentKind,
@@ -344,9 +386,11 @@ pub struct OutboxEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEntry {
+    /// When it happened (RFC 3339).
     pub at: String,
     /// A short CamelCase word: CanaryStarted, StepAdvanced, Promoted, RollbackStarted, …
     pub reason: String,
+    /// What happened, in words.
     pub message: String,
 }
 
@@ -354,6 +398,7 @@ pub struct TimelineEntry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseRef {
+    /// The Release's name: `<rollout>-<first 10 hex digits of the digest>`.
     pub release: String,
     /// `sha256:…` of the primary container's image.
     pub digest: String,
@@ -398,6 +443,7 @@ pub struct ManualRollback {
     pub request: String,
     /// Who asked, as the apiserver named them.
     pub by: String,
+    /// Why, as the requester gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The Release serving when it was asked for.
@@ -415,6 +461,7 @@ pub struct ManualRollback {
     pub step: RevertStep,
     /// RFC 3339.
     pub started_at: String,
+    /// When it was done, refused or failed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     /// Ready replicas of the restored template last logged.
@@ -426,12 +473,30 @@ pub struct ManualRollback {
     pub log: Vec<LogLine>,
 }
 
+/// One line of a manual rollback's log.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// RFC 3339.
     pub at: String,
+    /// What happened, as `rollguard rollback` prints it.
     pub text: String,
+}
+
+/// What became of a manual request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestOutcome {
+    /// The request's id, as the CLI made it.
+    pub id: String,
+    /// promote, abort, pause, resume, resolve or rollback.
+    pub action: String,
+    /// Who sent it, as the apiserver named them.
+    pub by: String,
+    /// Whether the controller acted on it.
+    pub accepted: bool,
+    /// What it did, or why it did not.
+    pub message: String,
 }
 
 /// The most lines a manual rollback's log keeps; past it the middle lines are dropped and the

@@ -105,6 +105,14 @@ pub(super) async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: spec.{e}", a.template.display()))?;
     let source = PrometheusSource::new(&a.prometheus, a.timeout, &Credentials::default())
         .map_err(|e| anyhow::anyhow!("--prometheus: {e}"))?;
+    // One probe first: a Prometheus that cannot be reached is one error, not a line per
+    // evaluation.
+    if let Err(e @ crate::analysis::source::SourceError::Unreachable { .. }) =
+        crate::analysis::source::MetricSource::query(&source, "vector(1)", to).await
+    {
+        eprintln!("Error: --prometheus: {e}; check the address, or that it is up");
+        std::process::exit(2);
+    }
     let text = a.output == Output::Text;
     if text {
         println!(

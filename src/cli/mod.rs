@@ -26,6 +26,12 @@ pub struct Cli {
 pub enum Command {
     /// Print the version of this build.
     Version,
+    /// Print a shell completion script: `source <(rollguard completion bash)`, or write it
+    /// where your shell loads completions from.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print every rollguard CRD as YAML, or write one file per CRD into directories.
     Crds {
         /// Write `<crd name>.yaml` files here instead of printing a multi-document stream.
@@ -135,6 +141,10 @@ pub struct RequestArgs {
     /// Recorded in the Release's history.
     #[arg(long)]
     pub reason: Option<String>,
+    /// Return once the request is sent, without waiting for the controller to accept or
+    /// refuse it.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,6 +198,10 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crds { dir } => print_crds(dir),
+        Command::Completion { shell } => {
+            print!("{}", completion(shell, "rollguard"));
+            Ok(())
+        }
         Command::Lint { files, output } => {
             if !lint(&files, output)? {
                 std::process::exit(1);
@@ -237,6 +251,7 @@ pub fn run() -> anyhow::Result<()> {
                 rollout,
                 namespace,
                 reason: Some(reason),
+                no_wait: false,
             },
             RequestAction::Resolve,
         ),
@@ -293,6 +308,15 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
+/// The completion script of `shell` for the command as `name` (`rollguard`, or
+/// `kubectl-rollguard` for the plugin form).
+pub fn completion(shell: clap_complete::Shell, name: &str) -> String {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), name, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn runtime(threads: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = if threads {
         tokio::runtime::Builder::new_multi_thread()
@@ -347,6 +371,9 @@ fn init_logs(format: LogFormat) -> crate::controller::http::LogLevel {
     crate::controller::http::LogLevel::new(handle, &directives)
 }
 
+/// How long a request waits for the controller's answer.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn send(a: RequestArgs, action: RequestAction) -> anyhow::Result<()> {
     runtime(false)?.block_on(async {
         let (client, ns) = crate::ops::client_and_namespace(a.namespace).await?;
@@ -355,7 +382,16 @@ fn send(a: RequestArgs, action: RequestAction) -> anyhow::Result<()> {
             "{action} of Rollout {ns}/{} sent by {} (request {})",
             a.rollout, r.by, r.id
         );
-        Ok(())
+        if a.no_wait {
+            return Ok(());
+        }
+        let o = crate::ops::outcome(&client, &ns, &a.rollout, &r.id, REQUEST_WAIT).await?;
+        if o.accepted {
+            println!("accepted: {}", o.message);
+            Ok(())
+        } else {
+            anyhow::bail!("refused: {}", o.message)
+        }
     })
 }
 
@@ -461,6 +497,29 @@ mod tests {
     fn lint_needs_a_file() {
         let err = Cli::try_parse_from(["rollguard", "lint"]).expect_err("no files");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn completions_cover_every_command_in_each_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let script = completion(shell, "rollguard");
+            for word in [
+                "rollguard",
+                "rollback",
+                "history",
+                "override-reason",
+                "status",
+            ] {
+                assert!(script.contains(word), "{shell:?} lacks {word}");
+            }
+        }
+        let cli = Cli::try_parse_from(["rollguard", "completion", "zsh"]).expect("parses");
+        assert!(matches!(cli.command, Command::Completion { .. }));
+        assert!(Cli::try_parse_from(["rollguard", "completion", "tcsh"]).is_err());
     }
 
     #[test]

@@ -171,17 +171,7 @@ async fn preflight(
         }
         match api.get_opt(&h.name).await {
             Ok(cm) => {
-                let hash = cm.map(|cm| {
-                    crate::preflight::content_hash(
-                        &cm.data.unwrap_or_default(),
-                        &cm.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0))
-                            .collect(),
-                    )
-                });
-                now.insert(h.name.clone(), hash);
+                now.insert(h.name.clone(), cm.map(crate::preflight::config_map_hash));
             }
             Err(e) => {
                 // Not compared: say so instead of guessing.

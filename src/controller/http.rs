@@ -133,8 +133,27 @@ async fn put_log_level(
     }
 }
 
+/// One sentence with the fix, for a listen address that cannot be bound.
+pub fn bind_error(listen: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot serve /healthz and /metrics on {listen}: another process holds the port; \
+             stop it, or pick another address with --listen (or ROLLGUARD_LISTEN)"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "cannot serve /healthz and /metrics on {listen}: no interface has that address; \
+             pick another with --listen (or ROLLGUARD_LISTEN)"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot serve /healthz and /metrics on {listen}: ports below 1024 need privileges; \
+             pick a higher one with --listen (or ROLLGUARD_LISTEN)"
+        ),
+        _ => format!("cannot serve /healthz and /metrics on {listen}: {e}"),
+    }
+}
+
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     ctx: Arc<Context>,
     ready: Arc<AtomicBool>,
     log: LogLevel,
@@ -150,7 +169,6 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/log-level", get(get_log_level).put(put_log_level))
         .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
     tracing::info!(listen = %bound, "serving /healthz, /readyz, /metrics and /log-level");
     axum::serve(

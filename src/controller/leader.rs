@@ -264,13 +264,37 @@ async fn compete(
         .with_grace(timing.grace_secs)
         .build()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "Lease {namespace}/{}: {e} (--namespace must exist, and the controller needs get, list, watch, create, update and patch on leases there)",
-                leadership.lease
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!(lease_error(namespace, &leadership.lease, &e)))?;
     Ok(manager.watch().await)
+}
+
+/// One sentence with the fix, for an error reading or creating the leader Lease: the
+/// apiserver's message, not its debug form.
+pub fn lease_error(
+    namespace: &str,
+    lease: &str,
+    e: &kube_lease_manager::LeaseManagerError,
+) -> String {
+    let api = match e {
+        kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(s)) => Some(s),
+        _ => None,
+    };
+    match api {
+        Some(s) if s.code == 404 => format!(
+            "the namespace {namespace} for the leader Lease does not exist: create it \
+             (kubectl create namespace {namespace}) or pass --namespace with the controller's namespace"
+        ),
+        Some(s) if s.code == 403 => format!(
+            "the controller may not use Lease {namespace}/{lease}: it needs get, list, watch, \
+             create, update and patch on leases in {namespace} ({})",
+            s.message
+        ),
+        Some(s) => format!("Lease {namespace}/{lease}: {} ({})", s.message, s.reason),
+        None => format!(
+            "Lease {namespace}/{lease}: {e}; --namespace must exist, and the controller needs get, \
+             list, watch, create, update and patch on leases there"
+        ),
+    }
 }
 
 /// Creates the Lease when it is missing and starts competing for it. `client` must be

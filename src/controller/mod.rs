@@ -47,6 +47,11 @@ use reconcile::{error_policy, reconcile};
 pub async fn run(settings: Settings, log: http::LogLevel) -> anyhow::Result<()> {
     let timing = leader::timing(settings.lease_duration, settings.renew_deadline)
         .map_err(|e| anyhow::anyhow!(e))?;
+    // The health and metrics port first: a controller that cannot serve /healthz must not run
+    // blind, and a taken port is the operator's to fix.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!(http::bind_error(settings.listen, &e)))?;
     let config = kube::Config::infer().await?;
     // The Lease is written with an unfenced client: it is how a replica earns the right to write.
     let lease_client = Client::try_from(config.clone())?;
@@ -80,12 +85,7 @@ pub async fn run(settings: Settings, log: http::LogLevel) -> anyhow::Result<()> 
         failures: Mutex::default(),
     });
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let server = tokio::spawn(http::serve(
-        settings.listen,
-        ctx.clone(),
-        ready.clone(),
-        log,
-    ));
+    let server = tokio::spawn(http::serve(listener, ctx.clone(), ready.clone(), log));
 
     let election = leader::stand(
         lease_client,

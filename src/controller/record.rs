@@ -9,7 +9,15 @@ use crate::api::rollout::RolloutStatus;
 
 /// A Kubernetes Event on the Rollout.
 pub(super) async fn publish(ctx: &Context, ro: &Rollout, warning: bool, reason: &str, note: &str) {
-    publish_as(ctx, ro, warning, reason, reason, note).await;
+    publish_as(ctx, ro, warning, reason, &action_for(reason, note), note).await;
+}
+
+/// The Event action of a note: its reason and a fingerprint of its text. The recorder folds
+/// Events with the same reason and action into one series that keeps its first note, so a
+/// second promotion, or a pause after a promote, must not share the first one's series; the
+/// same note again still counts up its own series.
+pub(super) fn action_for(reason: &str, note: &str) -> String {
+    format!("{reason}-{}", crate::rollout::workload::fingerprint(note))
 }
 
 /// An Event whose `action` differs from its reason. Events with the same reason and action
@@ -67,4 +75,24 @@ pub(super) async fn record(
     ro.metadata.resource_version = updated.metadata.resource_version;
     ro.status = Some(status.clone());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::action_for;
+
+    #[test]
+    fn each_distinct_note_is_its_own_event_series() {
+        let first = action_for("Promoted", "promoted web-bbbbbbbbbb (bbbbbbbbbbbb)");
+        let second = action_for("Promoted", "promoted web-dddddddddd (dddddddddddd)");
+        assert_ne!(first, second);
+        assert_eq!(
+            first,
+            action_for("Promoted", "promoted web-bbbbbbbbbb (bbbbbbbbbbbb)")
+        );
+        assert!(
+            first.starts_with("Promoted-") && first.len() <= 128,
+            "{first}"
+        );
+    }
 }

@@ -100,14 +100,7 @@ impl Applier<'_> {
         let mut hashes = std::collections::BTreeMap::new();
         for name in names {
             let hash = match api.get_opt(&name).await {
-                Ok(Some(cm)) => Some(crate::preflight::content_hash(
-                    &cm.data.unwrap_or_default(),
-                    &cm.binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect(),
-                )),
+                Ok(Some(cm)) => Some(crate::preflight::config_map_hash(cm)),
                 Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(rollout = %self.name, configmap = %name, error = %e, "cannot read a referenced ConfigMap; its hash is not recorded");

@@ -247,9 +247,27 @@ fn evidence_row(e: &MetricEvidence, graph_base: Option<&str>) -> EvidenceRow {
                 name: q.name.clone(),
                 promql: q.promql.clone(),
                 value: q.value,
-                graph: base.map(|b| graph_url(b, &q.promql)),
+                graph: base.map(|b| graph_url(b, &graphed(&q.name, &q.promql))),
             })
             .collect(),
+    }
+}
+
+/// The window of the rates the graph links plot: a minute, so that even a 15 s scrape gives
+/// points, and short enough to show a regression's step.
+pub const GRAPH_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a query's graph plots: counters (an errorRate's requests and errors, a latency's
+/// buckets) as their per-second rate, since a counter only ever climbs; other queries as sent.
+pub fn graphed(name: &str, promql: &str) -> String {
+    let counter = ["requests", "errors", "buckets"]
+        .iter()
+        .any(|c| name.ends_with(c));
+    if counter {
+        crate::analysis::render::as_rate(promql, GRAPH_RATE_WINDOW)
+            .unwrap_or_else(|_| promql.to_owned())
+    } else {
+        promql.to_owned()
     }
 }
 
@@ -446,7 +464,10 @@ mod tests {
         assert_eq!(q.value, Some(42.0));
         let graph = q.graph.as_deref().expect("graph link");
         assert!(
-            graph.starts_with("http://prometheus.monitoring:9090/graph?g0.expr=sum%28http_requests_total%7Bservice%3D%22checkout-canary%22"),
+            // The counter is graphed as its rate, not its climb.
+            graph.starts_with("http://prometheus.monitoring:9090/graph?g0.expr=sum%28rate%28http_requests_total%7B")
+                && graph.contains("service%3D%22checkout-canary%22")
+                && graph.contains("%5B1m%5D"),
             "{graph}"
         );
         assert_eq!(i.links.graphs.len(), 1);

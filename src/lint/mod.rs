@@ -14,6 +14,7 @@
 //! Every finding names `file:path.to.field`. Errors make the exit code non-zero.
 
 mod finding;
+mod migrate;
 mod query;
 
 use std::collections::BTreeMap;
@@ -51,7 +52,7 @@ pub fn lint_file(path: &Path) -> FileReport {
     };
     let several = docs.len() > 1;
     for (i, doc) in docs.iter().enumerate() {
-        if !is_template(doc) {
+        if !is_template(doc) && migrate::hints(doc).is_none() {
             continue;
         }
         report.templates += 1;
@@ -82,6 +83,11 @@ pub fn lint_file(path: &Path) -> FileReport {
 
 /// Lints one template document.
 pub fn lint_document(doc: &serde_json::Value) -> Vec<Raw> {
+    // Another tool's template: say how to write it for rollguard instead of listing the ways
+    // it does not parse.
+    if let Some(hints) = migrate::hints(doc) {
+        return hints;
+    }
     let mut out = Vec::new();
     if doc["apiVersion"].as_str() != Some(API_VERSION) {
         out.push(error(
@@ -205,12 +211,12 @@ fn lint_args(spec: &AnalysisTemplateSpec, out: &mut Vec<Raw>) {
             && arg
                 .name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_name {
             out.push(error(
                 format!("{at}.name"),
                 format!(
-                    "{:?} must start with a letter and hold letters, digits, '_'",
+                    "{:?} must start with a letter and hold letters, digits, '_' or '-'",
                     arg.name
                 ),
             ));
@@ -351,6 +357,26 @@ mod tests {
             ]
         }));
         assert!(found.is_empty(), "{found:#?}");
+    }
+
+    /// Argo Rollouts templates name their arguments `service-name`: accepted as they are.
+    #[test]
+    fn argo_style_hyphenated_argument_names_are_accepted() {
+        let found = findings(serde_json::json!({
+            "args": [{"name": "service-name", "type": "string"}],
+            "metrics": [{"name": "errors", "provider": "p", "errorRate": {
+                "requests": "sum(http_requests_total{service=\"{{args.service-name}}\", pod=~\"{{arm}}-.*\"})",
+                "errors": "sum(http_requests_total{service=\"{{args.service-name}}\", pod=~\"{{arm}}-.*\", code=~\"5..\"})"}}]
+        }));
+        assert!(found.is_empty(), "{found:#?}");
+        let found = findings(serde_json::json!({
+            "args": [{"name": "9lives", "type": "string"}],
+            "metrics": [{"name": "m", "provider": "p", "threshold": {"query": "up{a=\"{{arm}}\"}", "max": 1}}]
+        }));
+        assert!(
+            has(&found, "spec.args[0].name", "must start with a letter"),
+            "{found:#?}"
+        );
     }
 
     #[test]

@@ -214,6 +214,7 @@ impl Planner<'_> {
     /// A `setWeight` step: the weight is written once the arms are ready for it, then the step
     /// lasts at least its duration and is left on the analysis's word.
     fn weight_step(&mut self, i: i32, w: i32, step: &Step) {
+        let label = self.step_label(i);
         let now = self.now();
         let step_started = parse_at(self.status.step_started_at.as_deref());
         if step_started.is_none() || self.status.canary_weight != Some(w) {
@@ -223,7 +224,7 @@ impl Planner<'_> {
                 if short(&self.obs.canary) || (self.fresh() && short(&self.obs.baseline)) {
                     self.scale_arms(want);
                     self.status.message = Some(format!(
-                        "step {i}: waiting for {want} ready canary pods before weight {w}%"
+                        "{label}: waiting for {want} ready canary pods before weight {w}%"
                     ));
                     return;
                 }
@@ -234,18 +235,18 @@ impl Planner<'_> {
             });
             self.status.canary_weight = Some(w);
             self.status.step_started_at = Some(format_time(now));
-            self.status.message = Some(format!("step {i}: canary at {w}%"));
+            self.status.message = Some(format!("{label}: canary at {w}%"));
             self.note(
                 false,
                 Reason::WeightSet,
-                format!("step {i}: canary weight {w}% written and verified"),
+                format!("{label}: canary weight {w}% written and verified"),
             );
             return;
         }
         let elapsed = now - step_started.unwrap_or(now);
         let min = step.duration.as_ref().map_or(0, |d| secs(d, 0));
         if elapsed < min {
-            self.status.message = Some(format!("step {i}: canary at {w}%, {}s of {min}s", elapsed));
+            self.status.message = Some(format!("{label}: canary at {w}%, {}s of {min}s", elapsed));
             self.requeue = self.wake_in(Some((min - elapsed) as u64));
             return;
         }
@@ -255,6 +256,7 @@ impl Planner<'_> {
     /// A `pause` step: timed, it is left on the analysis's word when its time is up; without a
     /// duration it waits for `rollguard resume`.
     fn pause_step(&mut self, i: i32, pause: &Pause) {
+        let label = self.step_label(i);
         let now = self.now();
         let step_started = parse_at(self.status.step_started_at.as_deref());
         match pause.duration.as_ref().map(|d| secs(d, 0)) {
@@ -267,7 +269,7 @@ impl Planner<'_> {
                     self.leave_step(i, "pause over");
                 } else {
                     self.status.message =
-                        Some(format!("step {i}: pause, {}s of {d}s", now - started));
+                        Some(format!("{label}: pause, {}s of {d}s", now - started));
                 }
             }
             None => {
@@ -275,12 +277,12 @@ impl Planner<'_> {
                     self.note(
                         false,
                         Reason::Paused,
-                        format!("step {i}: paused until `rollguard resume`"),
+                        format!("{label}: paused until `rollguard resume`"),
                     );
                 }
                 self.set_phase(
                     RolloutPhase::Paused,
-                    format!("step {i}: paused until `rollguard resume`"),
+                    format!("{label}: paused until `rollguard resume`"),
                 );
                 self.requeue = 5;
             }
@@ -291,6 +293,7 @@ impl Planner<'_> {
     /// that choice into the spec (`withoutAnalysis`). A Fail rolls back; anything else waits
     /// for evidence.
     pub(super) fn leave_step(&mut self, i: i32, at: &str) {
+        let label = self.step_label(i);
         let analysis = self.obs.analysis.clone();
         match analysis.as_ref().map(|a| &a.decision) {
             Some(Decision::Pass) => self.advance(),
@@ -302,7 +305,7 @@ impl Planner<'_> {
                     .map(|a| (a.first_fail_at, failing(&a.summary)))
                     .unwrap_or_default();
                 self.begin_rollback(
-                    format!("metric {m} failed at the end of step {i}: {r}"),
+                    format!("metric {m} failed at the end of {label}: {r}"),
                     Some(m),
                     at,
                     ev,
@@ -310,7 +313,7 @@ impl Planner<'_> {
             }
             _ => {
                 self.status.message = Some(format!(
-                    "step {i}: {at}, waiting for enough evidence to pass"
+                    "{label}: {at}, waiting for enough evidence to pass"
                 ));
                 self.requeue = self.wake_in(None);
             }
@@ -375,6 +378,11 @@ impl Planner<'_> {
         true
     }
 
+    /// "step N of M", counted from 1, as people read it.
+    pub(super) fn step_label(&self, i: i32) -> String {
+        format!("step {} of {}", i + 1, self.spec.steps.len())
+    }
+
     pub(super) fn advance(&mut self) {
         let i = self.status.current_step.unwrap_or(0) + 1;
         self.status.current_step = Some(i);
@@ -383,10 +391,7 @@ impl Planner<'_> {
             self.set_phase(RolloutPhase::Promoting, "every step passed; promoting");
             self.timeline(Reason::StepsPassed, "every step passed; promoting");
         } else {
-            self.timeline(
-                Reason::StepAdvanced,
-                &format!("step {i} of {}", self.spec.steps.len()),
-            );
+            self.timeline(Reason::StepAdvanced, &self.step_label(i));
         }
         self.requeue = 0;
     }
@@ -673,6 +678,16 @@ mod tests {
         o.analysis = Some(pass());
         let plan = decide("c", &sp, &s, &o);
         assert_eq!(plan.status.current_step, Some(1));
+        // People count steps from 1: the second of two.
+        assert_eq!(plan.status.step.as_deref(), Some("2/2"));
+        assert!(
+            plan.status
+                .message
+                .as_deref()
+                .is_none_or(|m| !m.contains("step 0")),
+            "{:?}",
+            plan.status.message
+        );
         assert_eq!(plan.status.step_started_at, None);
     }
 

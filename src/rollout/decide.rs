@@ -27,11 +27,20 @@ pub fn decide(name: &str, spec: &RolloutSpec, status: &RolloutStatus, obs: &Obse
     };
     p.status.observed_generation = obs.generation;
     p.run();
+    p.status.step = Some(step_column(p.status.current_step, spec.steps.len()));
     Plan {
         actions: p.actions,
         status: p.status,
         notes: p.notes,
         requeue_secs: p.requeue,
+    }
+}
+
+/// The `Step` column: the step in progress counted from 1, of all steps; `-` without one.
+pub fn step_column(current: Option<i32>, steps: usize) -> String {
+    match current {
+        Some(i) if steps > 0 => format!("{}/{steps}", (i + 1).min(steps as i32)),
+        _ => "-".to_owned(),
     }
 }
 
@@ -191,5 +200,19 @@ impl Planner<'_> {
                 now,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_column;
+
+    #[test]
+    fn the_step_column_counts_from_one_and_shows_none_without_a_canary() {
+        assert_eq!(step_column(Some(0), 3), "1/3");
+        assert_eq!(step_column(Some(2), 3), "3/3");
+        assert_eq!(step_column(Some(5), 3), "3/3");
+        assert_eq!(step_column(None, 3), "-");
+        assert_eq!(step_column(Some(0), 0), "-");
     }
 }

@@ -81,16 +81,18 @@ impl Planner<'_> {
             }
             _ => false,
         };
+        let message = if acted {
+            format!(
+                "{} by {by} in phase {phase:?}{}",
+                req.action,
+                reason_suffix(req)
+            )
+        } else {
+            format!("{} by {by} does not apply in phase {phase:?}", req.action)
+        };
+        self.outcome(req, acted, &message);
         if acted {
-            self.note(
-                false,
-                Reason::Request,
-                format!(
-                    "{} by {by} in phase {phase:?}{}",
-                    req.action,
-                    reason_suffix(req)
-                ),
-            );
+            self.note(false, Reason::Request, message);
             if let Some(release) = release {
                 self.act(Action::ReleaseHistory {
                     release,
@@ -103,12 +105,21 @@ impl Planner<'_> {
                 });
             }
         } else {
-            self.note(
-                true,
-                Reason::RequestIgnored,
-                format!("{} by {by} does not apply in phase {phase:?}", req.action),
-            );
+            self.note(true, Reason::RequestIgnored, message);
         }
+    }
+}
+
+impl Planner<'_> {
+    /// Records what became of `req`, for the CLI that waits on it.
+    pub(super) fn outcome(&mut self, req: &Request, accepted: bool, message: &str) {
+        self.status.request_outcome = Some(crate::api::rollout::RequestOutcome {
+            id: req.id.clone(),
+            action: req.action.to_string(),
+            by: req.by.clone(),
+            accepted,
+            message: crate::api::common::bounded(message),
+        });
     }
 }
 

@@ -42,6 +42,7 @@ impl Planner<'_> {
                 mr.step = RevertStep::Refused;
                 mr.finished_at = Some(at.clone());
                 mr.log(at, format!("rollback refused: {why}"));
+                self.outcome(req, false, &format!("rollback refused: {why}"));
                 self.status.manual_rollback = Some(mr);
                 self.note(
                     true,
@@ -131,6 +132,7 @@ impl Planner<'_> {
                 to.release, to.short_digest, req.by
             ),
         );
+        self.outcome(req, true, &format!("rollback to {} started", to.release));
         mr.from = from;
         mr.withdrawn = withdrawn;
         mr.to = Some(to.clone());

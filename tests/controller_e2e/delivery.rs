@@ -207,6 +207,21 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
         "{ev:?}"
     );
 
+    // A request that does not apply is refused, and the command says so (exit non-zero).
+    let r = run(
+        env!("CARGO_BIN_EXE_rollguard"),
+        &["abort", "web", "-n", &fx.ns.name, "--reason", "pager"],
+        None,
+    );
+    assert!(
+        !r.ok
+            && r.stderr.contains("refused: abort by")
+            && r.stderr.contains("does not apply in phase RolledBack"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+
     // Back to the good digest, then the bad one again: Blocked, no new canary pods.
     fx.set_target(GOOD_B).await;
     fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(30))
@@ -275,9 +290,37 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
     );
     assert_eq!(text.lines().count(), 3, "a header and two rows: {text}");
     assert!(
-        text.contains("ddd0f3e release ddddd") && text.contains("ci@example.com"),
+        text.contains("ddd0f3e release ddddd") && text.contains(E2E_USER),
         "{text}"
     );
+    // Each promotion has its own Event saying which release it was: the second one's does not
+    // repeat the first's text.
+    let events = run_ok(
+        "kubectl",
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            &fx.ns.name,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let events: serde_json::Value = serde_json::from_str(&events).expect("events");
+    let promoted: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "Promoted")
+        .filter_map(|e| e["note"].as_str())
+        .collect();
+    assert!(
+        promoted.iter().any(|n| n.starts_with("web-bbbbbbbbbb"))
+            && promoted.iter().any(|n| n.starts_with("web-dddddddddd")),
+        "{promoted:?}"
+    );
+
     // The rolled-back release is Unstable: a rollback to it by hand needs an override.
     let r = run(
         env!("CARGO_BIN_EXE_rollguard"),

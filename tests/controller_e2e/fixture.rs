@@ -22,6 +22,11 @@ pub(crate) const GOOD_D: &str =
 pub(crate) const BAD_C: &str =
     "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
+/// Who the tests are, as the apiserver names them (the local environment's token user). A
+/// Deployment may name only its writer as its deployer while the chart's admission policy is
+/// installed, which the RBAC test does for the whole cluster.
+pub(crate) const E2E_USER: &str = "admin";
+
 /// 10% of requests answered 503: the error-rate fault.
 pub(crate) const ERRORS: &str = r#"{"errorRate": 0.1, "errorCode": 503}"#;
 /// Ten times slower, no errors: the latency-only fault.
@@ -128,7 +133,7 @@ pub(crate) fn target_with(digest: &str, replicas: i32, ready_delay: Option<&str>
     let mut t = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": format!("deploy {}", &digest[7..12]),
-                                                    "rollguard.dev/deployed-by": "ci@example.com"}},
+                                                    "rollguard.dev/deployed-by": E2E_USER}},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": "web"}},

@@ -62,6 +62,12 @@ async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permissi
         ],
         None,
     );
+    // The chart's admission policy binds cluster-wide: it must not outlive this test, even
+    // when the test fails, or it judges every later test's writes.
+    let _uninstall = Uninstall {
+        release: release.clone(),
+        namespace: home.name.clone(),
+    };
     let account = format!("{release}-rollguard");
     let fx = Fixture::new("e2e-chart-sa", &Scenario::default()).await;
     let kubeconfig = format!("{}.kubeconfig", fx.log());
@@ -162,11 +168,26 @@ async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permissi
         "{again} failed reconciles in 30 s: a retry loop"
     );
     drop(controller);
-    run_ok(
-        "helm",
-        &["uninstall", &release, "--namespace", &home.name],
-        None,
-    );
+    drop(_uninstall);
     fx.cleanup().await;
     home.cleanup().await;
+}
+
+/// Uninstalls a Helm release when dropped, whether the test passed or panicked.
+struct Uninstall {
+    release: String,
+    namespace: String,
+}
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let r = run(
+            "helm",
+            &["uninstall", &self.release, "--namespace", &self.namespace],
+            None,
+        );
+        if !r.ok {
+            eprintln!("helm uninstall {}: {}{}", self.release, r.stdout, r.stderr);
+        }
+    }
 }
