@@ -55,6 +55,23 @@ fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The controller's own ClusterRole, among the chart's (the others aggregate into the built-in
+/// view, edit and admin roles).
+fn controller_role(objects: &[Value]) -> &Value {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .filter(|o| {
+            o["metadata"]["labels"].as_object().is_none_or(|l| {
+                !l.keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to"))
+            })
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one controller ClusterRole: {found:?}");
+    found[0]
+}
+
 /// YAML's `1` and the schema's `1.0` are the same number to the apiserver.
 fn numbers_as_floats(v: Value) -> Value {
     match v {
@@ -210,6 +227,42 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
     let no_dashboard = render("rollguard-system", &["grafanaDashboard.enabled=false"]);
     assert_eq!(count(&no_dashboard, "ConfigMap"), 0);
 
+    // App teams drive their Rollouts under the built-in roles: view reads, edit writes and
+    // sends requests, admin overrides.
+    let aggregated = |label: &str| -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRole" && o["metadata"]["labels"][label] == "true")
+            .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        aggregated("rbac.authorization.k8s.io/aggregate-to-view").len(),
+        1
+    );
+    assert_eq!(
+        aggregated("rbac.authorization.k8s.io/aggregate-to-edit").len(),
+        2
+    );
+    assert_eq!(
+        aggregated("rbac.authorization.k8s.io/aggregate-to-admin").len(),
+        3
+    );
+    let no_aggregates = render("rollguard-system", &["rbac.aggregateToDefaultRoles=false"]);
+    assert_eq!(count(&no_aggregates, "ClusterRole"), 1);
+    // The names follow nameOverride and fullnameOverride.
+    let named = |sets: &[&str]| {
+        one(&render("rollguard-system", sets), "Deployment")["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        named(&["fullnameOverride=delivery-guard"]),
+        "delivery-guard"
+    );
+    assert_eq!(named(&["nameOverride=canary"]), format!("{RELEASE}-canary"));
+
     let no_crds = render("rollguard-system", &["crds.install=false"]);
     assert_eq!(count(&no_crds, "CustomResourceDefinition"), 0);
     assert_eq!(count(&no_crds, "Deployment"), 1);
@@ -218,7 +271,7 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
         "rollguard-system",
         &["rbac.routers.istio=false", "rbac.routers.smi=false"],
     );
-    let groups: BTreeSet<&str> = one(&gateway_only, "ClusterRole")["rules"]
+    let groups: BTreeSet<&str> = controller_role(&gateway_only)["rules"]
         .as_array()
         .expect("rules")
         .iter()
@@ -230,11 +283,39 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
     assert!(!groups.contains("split.smi-spec.io"), "{groups:?}");
 }
 
+/// What `helm install` prints afterwards: how to check the controller and what to do next.
+#[test]
+#[ignore = "needs helm from the local environment (scripts/env build); run by make test"]
+fn install_notes_say_how_to_check_and_what_comes_next() {
+    let chart = chart();
+    let out = run_ok(
+        "helm",
+        &[
+            "install",
+            RELEASE,
+            chart.as_str(),
+            "--namespace",
+            "rollguard-system",
+            "--dry-run=client",
+        ],
+        None,
+    );
+    let notes = out.split("NOTES:").nth(1).expect("the chart has notes");
+    for expected in [
+        "get lease rollguard-leader",
+        "rollguard lint",
+        "rollguard status <rollout>",
+        "built-in view, edit or admin role",
+    ] {
+        assert!(notes.contains(expected), "{expected:?} in {notes}");
+    }
+}
+
 #[test]
 #[ignore = "needs helm from the local environment (scripts/env build); run by make test"]
 fn cluster_role_holds_no_secret_access_no_wildcards_and_no_update_of_routes() {
     let objects = render("rollguard-system", &[]);
-    let rules = one(&objects, "ClusterRole")["rules"]
+    let rules = controller_role(&objects)["rules"]
         .as_array()
         .expect("rules")
         .clone();
@@ -272,7 +353,7 @@ fn cluster_role_holds_no_secret_access_no_wildcards_and_no_update_of_routes() {
 /// Every RBAC rule in the chart's templates is introduced by a comment that says why it exists.
 #[test]
 fn every_rbac_rule_in_the_chart_says_why_it_exists() {
-    for file in ["clusterrole.yaml", "role.yaml"] {
+    for file in ["clusterrole.yaml", "role.yaml", "aggregate-roles.yaml"] {
         let path = repo_root().join("charts/rollguard/templates").join(file);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));

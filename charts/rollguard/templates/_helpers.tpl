@@ -1,9 +1,13 @@
-{{/* Name of the chart's objects: the release name, plus "-rollguard" unless it already says so. */}}
+{{/* Name of the chart's objects: fullnameOverride; else the release name, plus "-rollguard"
+(or "-<nameOverride>") unless it already says so. */}}
 {{- define "rollguard.fullname" -}}
-{{- if contains "rollguard" .Release.Name -}}
+{{- $name := default "rollguard" .Values.nameOverride -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-rollguard" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
