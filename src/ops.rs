@@ -123,12 +123,12 @@ pub async fn outcome(
     }
 }
 
-/// The release history of a Rollout, newest first.
-pub async fn history(
+/// A Rollout and its Releases, as the commands for people read them.
+pub async fn rollout_and_releases(
     client: &Client,
     namespace: &str,
     rollout: &str,
-) -> anyhow::Result<Vec<crate::history::HistoryRow>> {
+) -> anyhow::Result<(Rollout, Vec<Release>)> {
     let ro = Api::<Rollout>::namespaced(client.clone(), namespace)
         .get(rollout)
         .await
@@ -139,8 +139,19 @@ pub async fn history(
             crate::rollout::workload::ROLLOUT_LABEL
         )))
         .await
-        .with_context(|| format!("listing the Releases of {namespace}/{rollout}"))?;
-    Ok(crate::history::rows(&ro, &releases.items))
+        .with_context(|| format!("listing the Releases of {namespace}/{rollout}"))?
+        .items;
+    Ok((ro, releases))
+}
+
+/// The release history of a Rollout, newest first.
+pub async fn history(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+) -> anyhow::Result<Vec<crate::history::HistoryRow>> {
+    let (ro, releases) = rollout_and_releases(client, namespace, rollout).await?;
+    Ok(crate::history::rows(&ro, &releases))
 }
 
 /// Lifts the Unstable verdict of a Release, with a reason recorded in it.
@@ -393,18 +404,7 @@ pub async fn incident(
     release: Option<&str>,
 ) -> anyhow::Result<crate::escalation::incident::Incident> {
     use crate::escalation::incident::{Sources, build};
-    let ro = Api::<Rollout>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .with_context(|| format!("Rollout {namespace}/{name}"))?;
-    let releases = Api::<Release>::namespaced(client.clone(), namespace)
-        .list(&kube::api::ListParams::default().labels(&format!(
-            "{}={name}",
-            crate::rollout::workload::ROLLOUT_LABEL
-        )))
-        .await
-        .with_context(|| format!("listing the Releases of {namespace}/{name}"))?
-        .items;
+    let (ro, releases) = rollout_and_releases(client, namespace, name).await?;
     let status = ro.status.clone().unwrap_or_default();
     let entry = select(namespace, name, &status, &releases, release).map_err(anyhow::Error::msg)?;
     Ok(build(

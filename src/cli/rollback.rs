@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kube::Api;
-use kube::api::ListParams;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
@@ -14,7 +12,6 @@ use crate::api::release::Release;
 use crate::api::rollout::RevertStep;
 use crate::history::{Standing, log_lines as lines, rollback_target, rows};
 use crate::rollout::plan::{Request, RequestAction};
-use crate::rollout::workload::ROLLOUT_LABEL;
 
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
@@ -56,15 +53,8 @@ pub struct RollbackArgs {
 pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
     let (client, ns) = crate::ops::client_and_namespace(a.namespace.clone()).await?;
     let rollouts = Api::<Rollout>::namespaced(client.clone(), &ns);
-    let ro = rollouts
-        .get(&a.rollout)
-        .await
-        .with_context(|| format!("Rollout {ns}/{}", a.rollout))?;
-    let releases = Api::<Release>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", a.rollout)))
-        .await
-        .with_context(|| format!("listing the Releases of {ns}/{}", a.rollout))?;
-    let history = rows(&ro, &releases.items);
+    let (ro, releases) = crate::ops::rollout_and_releases(&client, &ns, &a.rollout).await?;
+    let history = rows(&ro, &releases);
     let target = rollback_target(&history, a.to.as_deref()).map_err(anyhow::Error::msg)?;
     if target.standing == Standing::Unstable {
         let Some(why) = a.override_reason.as_deref() else {
@@ -79,7 +69,7 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
     } else if let Some(why) = &target.not_rollbackable {
         anyhow::bail!("cannot roll back to {}: {why}", target.release);
     }
-    let warnings = preflight(&client, &ns, &releases.items, &target.release).await;
+    let warnings = preflight(&client, &ns, &releases, &target.release).await;
     let json = a.output == super::args::Output::Json;
     for w in &warnings {
         if !json {

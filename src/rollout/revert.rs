@@ -31,8 +31,8 @@ impl Planner<'_> {
         let mut mr = ManualRollback {
             request: req.id.clone(),
             by: req.by.clone(),
-            reason: req.reason.clone(),
-            unstable: req.unstable.clone(),
+            reason: req.reason.as_deref().map(crate::api::common::bounded),
+            unstable: req.unstable.as_deref().map(crate::api::common::bounded),
             started_at: at.clone(),
             ..ManualRollback::default()
         };
