@@ -2,12 +2,15 @@
 //! detect, against the rules users configure in Argo Rollouts and Flagger today and against a
 //! plain conditional-binomial mixture e-process, all calibrated to the same false-positive rate.
 //!
-//! `cargo bench --bench detection` (add `-- --quick` for a smoke run). Fixed seeds: the numbers
+//! `cargo bench --bench detection` (add `-- --quick` for a smoke run, `-- --only pass` for the
+//! time-to-Pass and promotion tables of `detection/pass.rs` alone). Fixed seeds: the numbers
 //! are reproducible. Streams are per second: Poisson request counts per arm and binomial errors,
 //! a regression present from the first second, or (the onset cells) starting 600 s into a
 //! healthy run, possibly with a weight step at that moment; each method sees the identical
 //! stream. Times to detect count from the regression's start.
 
+#[path = "detection/pass.rs"]
+mod pass;
 mod support;
 
 use rand::SeedableRng;
@@ -492,6 +495,14 @@ fn main() {
         },
     ];
 
+    // `-- --only TEXT` runs the cells whose label contains TEXT; `-- --only pass` the time to
+    // Pass and the promotion tables alone.
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let pass_runs = if quick { 60 } else { 400 };
+    if only.as_deref() == Some("pass") {
+        pass::main(pass_runs);
+        return;
+    }
     let methods: Vec<Box<dyn Method + Sync>> = vec![
         Box::new(Rollguard {
             every: EVAL_EVERY,
@@ -529,8 +540,6 @@ fn main() {
         "| traffic (canary vs baseline), baseline errors | regression | method | detected in 1 h | median TTD | p90 TTD | FP/rollout-hour, usual setting | median TTD, usual setting |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    // `-- --only TEXT` runs the cells whose label contains TEXT.
-    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     for (ci, cell) in cells.iter().enumerate() {
         if only
             .as_ref()
@@ -543,5 +552,8 @@ fn main() {
             println!("{row}");
         }
         eprintln!("[bench] {} done in {:.1?}", cell.label, t0.elapsed());
+    }
+    if only.is_none() {
+        pass::main(pass_runs);
     }
 }

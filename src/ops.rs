@@ -252,6 +252,9 @@ pub fn render_status(ro: &Rollout, releases: &[Release]) -> String {
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );
+        if let Some(f) = &a.forecast {
+            let _ = writeln!(out, "  Pass:     the analysis {}", f.message);
+        }
         for m in &a.metrics {
             let _ = writeln!(out, "    {:<16} {:<12} {}", m.metric, m.verdict, m.reason);
             if let Some(c) = &m.counts {
@@ -491,8 +494,8 @@ pub fn select(
 mod tests {
     use super::*;
     use crate::api::rollout::{
-        AnalysisSummary, MetricEvidence, ReleaseRef, RollbackStatus, RollbackStep, RolloutPhase,
-        RolloutSpec, TimelineEntry,
+        AnalysisSummary, MetricEvidence, PassForecast, ReleaseRef, RollbackStatus, RollbackStep,
+        RolloutPhase, RolloutSpec, TimelineEntry,
     };
     use crate::escalation::fixtures::{NEW, rollout_status};
 
@@ -576,6 +579,39 @@ mod tests {
             "Rollback of web-bbbbbbbbbb: critical metric error-rate failed",
             "next: EnsureStableCapacity (failing 2x: connection refused)",
             "RollbackStarted",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_shows_the_forecast_of_the_pass_and_collecting_metrics() {
+        let status = RolloutStatus {
+            phase: Some(RolloutPhase::Progressing),
+            current_step: Some(0),
+            analysis: Some(AnalysisSummary {
+                decision: "Running".into(),
+                metrics: vec![MetricEvidence {
+                    metric: "error-rate".into(),
+                    verdict: "Collecting".into(),
+                    reason: "canary 0.500% vs baseline 0.500%: collecting evidence".into(),
+                    ..MetricEvidence::default()
+                }],
+                forecast: Some(PassForecast {
+                    seconds: Some(420),
+                    p90_seconds: Some(900),
+                    message: "needs about 7 min more at 10 rps to show the canary within 1.5× \
+                              of the baseline (9 in 10 within 15 min)"
+                        .into(),
+                }),
+                ..AnalysisSummary::default()
+            }),
+            ..RolloutStatus::default()
+        };
+        let text = render_status(&rollout(status), &[]);
+        for expected in [
+            "Pass:     the analysis needs about 7 min more at 10 rps",
+            "error-rate       Collecting   canary 0.500% vs baseline 0.500%: collecting evidence",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

@@ -12,6 +12,7 @@
 use serde::Serialize;
 
 use super::counters::{CounterTracker, Increment};
+use super::estimate::Outlook;
 use super::latency::LatencyJudge;
 use super::share::{ArmCounts, ShareConfig, ShareJudge};
 use super::source::{NoValue, Series, SourceError, scalar};
@@ -97,6 +98,14 @@ pub struct Judgment {
     /// evidence counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worse_since: Option<i64>,
+    /// While collecting evidence (errorRate, latency): how long a Pass will take at the traffic
+    /// and rates so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlook: Option<Outlook>,
+    /// Whether the canary has served `minRequests` (errorRate, latency): with no Fail, what
+    /// `promotion: noFail` needs at the end of a step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_min_requests: Option<bool>,
 }
 
 impl Judgment {
@@ -109,6 +118,8 @@ impl Judgment {
             baseline: None,
             statistic: None,
             worse_since: None,
+            outlook: None,
+            served_min_requests: None,
         }
     }
 
@@ -205,8 +216,8 @@ impl Judge {
     /// Anchors the counters of `errorRate` and `latency` on the answers to [`Judge::queries`]
     /// at the moment the canary's weight was verified, so that the first measurement after it
     /// already counts. A failed query leaves the judge as it was: it anchors on its first
-    /// measurement instead.
-    pub fn anchor(&mut self, answers: &[Answer]) {
+    /// measurement instead. `at` is that moment (unix seconds).
+    pub fn anchor(&mut self, answers: &[Answer], at: i64) {
         let Ok(ok) = answers
             .iter()
             .map(|a| a.as_deref())
@@ -215,7 +226,7 @@ impl Judge {
             return;
         };
         match self {
-            Judge::ErrorRate(e) if ok.len() == 4 => e.anchor([ok[0], ok[1], ok[2], ok[3]]),
+            Judge::ErrorRate(e) if ok.len() == 4 => e.anchor([ok[0], ok[1], ok[2], ok[3]], at),
             Judge::Latency(l) if ok.len() == 2 => l.anchor(ok[0], ok[1]),
             _ => {}
         }
@@ -235,7 +246,13 @@ impl Judge {
         match self {
             Judge::Threshold(t) => threshold(t, ok[0]),
             Judge::Relative(r) => relative(r, ok[0], ok[1]),
-            Judge::ErrorRate(e) => e.observe(ok[0], ok[1], ok[2], ok[3], at),
+            Judge::ErrorRate(e) => {
+                let j = e.observe(ok[0], ok[1], ok[2], ok[3], at);
+                Judgment {
+                    served_min_requests: Some(e.share.canary_served_min_requests()),
+                    ..j
+                }
+            }
             Judge::Latency(l) => {
                 let t = l.observe(ok[0], ok[1], at);
                 let (canary, baseline) = t.counts.unzip();
@@ -251,6 +268,8 @@ impl Judge {
                         threshold,
                     }),
                     worse_since: t.worse_since,
+                    outlook: t.outlook,
+                    served_min_requests: t.served_min_requests,
                 }
             }
         }
@@ -345,11 +364,13 @@ impl ErrorRateJudge {
         }
     }
 
-    /// Anchors the four counters on answers from the moment the canary's weight was verified.
-    fn anchor(&mut self, answers: [&[Series]; 4]) {
+    /// Anchors the four counters on answers from the moment (`at`) the canary's weight was
+    /// verified.
+    fn anchor(&mut self, answers: [&[Series]; 4], at: i64) {
         for (t, a) in self.trackers.iter_mut().zip(answers) {
             t.anchor(a);
         }
+        self.share.start(at);
     }
 
     fn observe(
@@ -376,6 +397,7 @@ impl ErrorRateJudge {
             .map(|(t, a)| t.advance(a))
             .collect();
         if !primed {
+            self.share.start(at);
             return Judgment::new(
                 Verdict::Inconclusive,
                 "first measurement: the counters are anchored, increments start with the next one",
@@ -429,6 +451,10 @@ impl ErrorRateJudge {
             worse_since: (verdict == Verdict::Fail)
                 .then(|| self.share.worse_since())
                 .flatten(),
+            outlook: (verdict == Verdict::Inconclusive)
+                .then(|| self.share.outlook())
+                .flatten(),
+            served_min_requests: Some(self.share.canary_served_min_requests()),
             ..Judgment::new(verdict, reason)
         }
     }

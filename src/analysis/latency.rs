@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::counters::CounterTracker;
+use super::estimate::Outlook;
 use super::share::{ALPHA, ArmCounts, ShareConfig, ShareJudge};
 use super::source::Series;
 use super::verdict::Verdict;
@@ -239,6 +240,10 @@ pub struct LatencyTick {
     /// When a quantile's change detector failed the canary: the moment its evidence counts
     /// from.
     pub worse_since: Option<i64>,
+    /// While collecting evidence: the slowest quantile's forecast of the time to Pass.
+    pub outlook: Option<Outlook>,
+    /// Whether the canary has served `minRequests` since the boundaries were fixed.
+    pub served_min_requests: Option<bool>,
 }
 
 impl LatencyJudge {
@@ -282,6 +287,24 @@ impl LatencyJudge {
     }
 
     pub fn observe(&mut self, canary: &[Series], baseline: &[Series], at: i64) -> LatencyTick {
+        let tick = self.tick(canary, baseline, at);
+        LatencyTick {
+            served_min_requests: Some(self.served_min_requests()),
+            ..tick
+        }
+    }
+
+    /// Whether the canary has served `minRequests` in every quantile's test (none before the
+    /// boundaries are fixed).
+    fn served_min_requests(&self) -> bool {
+        !self.tests.is_empty()
+            && self
+                .tests
+                .iter()
+                .all(|t| t.judge.canary_served_min_requests())
+    }
+
+    fn tick(&mut self, canary: &[Series], baseline: &[Series], at: i64) -> LatencyTick {
         let c = self.canary.advance(canary);
         let b = self.baseline.advance(baseline);
         let (c, b) = match (c, b) {
@@ -311,7 +334,7 @@ impl LatencyJudge {
                     self.learning_target()
                 ));
             }
-            self.fix_boundaries();
+            self.fix_boundaries(at);
             return self.inconclusive(format!(
                 "boundaries fixed from {} baseline requests: {}",
                 self.learning.total(),
@@ -334,7 +357,8 @@ impl LatencyJudge {
         self.judge()
     }
 
-    fn fix_boundaries(&mut self) {
+    /// Fixes the boundaries at `at`: the quantiles' tests count from there.
+    fn fix_boundaries(&mut self, at: i64) {
         let k = self.spec.quantiles.len().max(1) as f64;
         let config = ShareConfig {
             tolerated_ratio: self.spec.tolerated_ratio,
@@ -347,10 +371,14 @@ impl LatencyJudge {
             .quantiles
             .iter()
             .filter_map(|&q| {
-                self.learning.boundary(q).map(|boundary| QuantileTest {
-                    quantile: q,
-                    boundary,
-                    judge: ShareJudge::new(config),
+                self.learning.boundary(q).map(|boundary| {
+                    let mut judge = ShareJudge::new(config);
+                    judge.start(at);
+                    QuantileTest {
+                        quantile: q,
+                        boundary,
+                        judge,
+                    }
                 })
             })
             .collect();
@@ -396,6 +424,8 @@ impl LatencyJudge {
             counts,
             statistic,
             worse_since: None,
+            outlook: None,
+            served_min_requests: None,
         };
         if let Some(i) = verdicts.iter().position(|(v, _)| *v == Verdict::Fail) {
             return LatencyTick {
@@ -426,7 +456,15 @@ impl LatencyJudge {
         if all_pass {
             tick(Verdict::Pass, reasons)
         } else {
-            tick(Verdict::Inconclusive, reasons)
+            LatencyTick {
+                outlook: slowest(
+                    self.tests
+                        .iter()
+                        .filter(|t| t.judge.verdict().0 != Verdict::Pass)
+                        .filter_map(|t| t.judge.outlook()),
+                ),
+                ..tick(Verdict::Inconclusive, reasons)
+            }
         }
     }
 
@@ -438,6 +476,8 @@ impl LatencyJudge {
             counts: None,
             statistic: None,
             worse_since: None,
+            outlook: None,
+            served_min_requests: None,
         }
     }
 
@@ -453,6 +493,16 @@ impl LatencyJudge {
             ),
         }
     }
+}
+
+/// The outlook that keeps a Pass furthest away: one not in sight, else the longest estimate.
+pub fn slowest(outlooks: impl Iterator<Item = Outlook>) -> Option<Outlook> {
+    outlooks.max_by(|a, b| match (a.estimate(), b.estimate()) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (Some(x), Some(y)) => x.secs.total_cmp(&y.secs),
+    })
 }
 
 #[cfg(test)]

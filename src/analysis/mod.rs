@@ -1,9 +1,11 @@
 //! The analysis engine: safe query rendering, the metric source, and the judgments that turn
 //! per-arm measurements into Pass, Fail or Inconclusive with evidence.
 
+pub mod arms;
 pub mod bounds;
 pub mod change;
 pub mod counters;
+pub mod estimate;
 pub mod judge;
 pub mod latency;
 pub mod prometheus;

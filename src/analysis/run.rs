@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
+use super::estimate::Outlook;
 use super::judge::{Answer, Cohort, Judge, Judgment, Problem, Role};
+use super::latency::slowest;
 use super::render::{Bindings, RenderError, bind_args, render, shift_back};
 use super::source::{MetricSource, SourceError};
 use super::verdict::Verdict;
@@ -310,8 +312,8 @@ impl AnalysisRun {
             .iter()
             .filter_map(|&i| Some((i, self.metrics[i].anchor_at.take().filter(|t| *t <= at)?)))
             .collect();
-        for ((i, _), answers) in anchoring.iter().zip(self.ask(&source, &anchoring).await) {
-            self.metrics[*i].judge.anchor(&answers);
+        for ((i, t), answers) in anchoring.iter().zip(self.ask(&source, &anchoring).await) {
+            self.metrics[*i].judge.anchor(&answers, *t);
         }
         let now: Vec<(usize, i64)> = due.iter().map(|&i| (i, at)).collect();
         let answers = self.ask(&source, &now).await;
@@ -418,6 +420,29 @@ impl AnalysisRun {
         m.last_at = Some(at);
         m.last = Some(measurement.clone());
         measurement
+    }
+
+    /// The forecast of the time to Pass: the slowest of the acting metrics that do not pass
+    /// yet and have one.
+    pub fn outlook(&self) -> Option<Outlook> {
+        slowest(
+            self.metrics
+                .iter()
+                .filter(|m| !m.metric.dry_run)
+                .filter_map(|m| m.last.as_ref())
+                .filter(|l| l.outcome.verdict != Verdict::Pass)
+                .filter_map(|l| l.outcome.outlook.clone()),
+        )
+    }
+
+    /// Whether every acting metric that counts requests (errorRate, latency) has seen the
+    /// canary serve its `minRequests`; metrics that count none do not stand in the way.
+    pub fn served_min_requests(&self) -> bool {
+        self.metrics.iter().filter(|m| !m.metric.dry_run).all(|m| {
+            let counts = m.metric.error_rate.is_some() || m.metric.latency.is_some();
+            let served = m.last.as_ref().and_then(|l| l.outcome.served_min_requests);
+            served.unwrap_or(!counts)
+        })
     }
 
     /// The run-level decision from the latest measurements.

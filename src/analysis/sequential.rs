@@ -133,6 +133,16 @@ impl ShareTest {
     pub fn ticks(&self) -> u64 {
         self.ticks
     }
+
+    /// The null boundary `r₀`.
+    pub fn null_ratio(&self) -> f64 {
+        self.null_ratio
+    }
+
+    /// Per alternative: its ratio, ln prior weight and cumulative ln likelihood ratio.
+    pub fn components(&self) -> &[(f64, f64, f64)] {
+        &self.components
+    }
 }
 
 pub(super) fn log_sum_exp(values: impl Iterator<Item = f64>) -> f64 {

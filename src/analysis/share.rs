@@ -19,19 +19,13 @@
 //! own: the detector considers every moment, a step's among them, as a possible start of a
 //! change.
 
-use serde::Serialize;
-
+pub use super::arms::{ALPHA, ArmCounts, PASS_ALPHA, ShareConfig};
 use super::change::{self, ChangeDetector};
+use super::estimate::{self, Evidence, Outlook};
 use super::sequential::{ShareTest, Side, WORSE_GRID, rate_upper_bound};
 use super::verdict::Verdict;
-use crate::api::analysis::ErrorRate;
 use crate::time::format_time;
 
-/// The false-positive budget of a judgment: the chance that a canary no worse than its
-/// baseline is failed, at most, per rollout-hour.
-pub const ALPHA: f64 = 0.01;
-/// Level of the evidence required for a Pass.
-pub const PASS_ALPHA: f64 = 0.05;
 /// The change detector's share of the budget α; the test from the start has the rest, over
 /// the whole analysis however long.
 pub const DETECTOR_SHARE: f64 = 0.25;
@@ -40,46 +34,6 @@ pub const DETECTOR_SHARE: f64 = 0.25;
 /// `alpha · (1 − DETECTOR_SHARE)`.
 pub fn fail_threshold(alpha: f64) -> f64 {
     (1.0 / (alpha * (1.0 - DETECTOR_SHARE))).ln()
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ShareConfig {
-    pub tolerated_ratio: f64,
-    pub floor: f64,
-    pub min_requests: f64,
-    pub alpha: f64,
-}
-
-impl From<&ErrorRate> for ShareConfig {
-    fn from(e: &ErrorRate) -> ShareConfig {
-        ShareConfig::new(e.tolerated_ratio, e.floor, e.min_requests as f64)
-    }
-}
-
-impl ShareConfig {
-    pub fn new(tolerated_ratio: f64, floor: f64, min_requests: f64) -> ShareConfig {
-        ShareConfig {
-            tolerated_ratio,
-            floor,
-            min_requests,
-            alpha: ALPHA,
-        }
-    }
-}
-
-/// Requests and bad events of one arm, accumulated over the analysis.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ArmCounts {
-    pub requests: f64,
-    pub events: f64,
-}
-
-impl ArmCounts {
-    pub fn rate(&self) -> Option<f64> {
-        (self.requests > 0.0).then(|| self.events / self.requests)
-    }
 }
 
 /// Where a detector tick began: the time and the arms' counts so far.
@@ -102,6 +56,8 @@ pub struct ShareJudge {
     pool: Option<(Mark, ArmCounts, ArmCounts)>,
     /// When the last increments ended: where the next ones begin.
     last_at: Option<i64>,
+    /// When the counts began: the anchor, or the first increments' start.
+    started_at: Option<i64>,
 }
 
 impl ShareJudge {
@@ -115,6 +71,16 @@ impl ShareJudge {
             detector: ChangeDetector::new(1.0, &WORSE_GRID),
             pool: None,
             last_at: None,
+            started_at: None,
+        }
+    }
+
+    /// Marks the moment (unix seconds) the first increments will count from: the counters'
+    /// anchor. The forecast of the time to Pass divides the counts by the time since.
+    pub fn start(&mut self, at: i64) {
+        if self.started_at.is_none() {
+            self.started_at = Some(at);
+            self.last_at = Some(at);
         }
     }
 
@@ -149,6 +115,7 @@ impl ShareJudge {
     /// time and counts at its start.
     fn pool_for_detector(&mut self, canary: ArmCounts, baseline: ArmCounts, at: i64) {
         let began = self.last_at.unwrap_or(at);
+        self.started_at.get_or_insert(began);
         self.last_at = Some(at);
         let (mark, c, b) = self.pool.get_or_insert((
             Mark {
@@ -248,6 +215,25 @@ impl ShareJudge {
         self.baseline
     }
 
+    /// The forecast of the time to Pass at the traffic and rates measured so far; `None`
+    /// before there is traffic to forecast from.
+    pub fn outlook(&self) -> Option<Outlook> {
+        let elapsed = self.last_at? - self.started_at?;
+        estimate::outlook(&Evidence {
+            config: &self.config,
+            canary: self.canary,
+            baseline: self.baseline,
+            elapsed_secs: elapsed as f64,
+            not_worse: &self.not_worse,
+        })
+    }
+
+    /// Whether the canary has served `minRequests`: what `promotion: noFail` asks besides
+    /// the absence of a Fail.
+    pub fn canary_served_min_requests(&self) -> bool {
+        self.canary.requests >= self.config.min_requests
+    }
+
     /// ln e of the failure test from the start while the practical-significance conditions
     /// hold, else −∞. `verdict` compares it with ln(1/α).
     pub fn fail_statistic(&self) -> f64 {
@@ -258,21 +244,41 @@ impl ShareJudge {
         }
     }
 
-    /// The verdict so far, and a sentence saying why.
+    /// Whether the judgment passes now: what [`ShareJudge::verdict`] decides, without the
+    /// sentence and the forecast in it (simulations ask this every tick).
+    pub fn passes(&self) -> bool {
+        let cfg = &self.config;
+        if self.fail_statistic() >= self.fail_threshold()
+            || self.change_statistic() >= self.change_threshold()
+            || self.canary.requests < cfg.min_requests
+            || self.baseline.requests < cfg.min_requests
+        {
+            return false;
+        }
+        self.not_worse.rejects(PASS_ALPHA)
+            || rate_upper_bound(self.canary.events, self.canary.requests, PASS_ALPHA)
+                <= self.baseline.rate().unwrap_or(0.0) + cfg.floor
+    }
+
+    /// The verdict so far, and a sentence saying why: the rates and the conclusion in plain
+    /// words first, the evidence as odds after ("evidence 113 : 1, needs 133 : 1").
     pub fn verdict(&self) -> (Verdict, String) {
         let cfg = &self.config;
         let pct = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{:.3}%", r * 100.0));
+        let margin = format!(
+            "toleratedRatio {} and floor {:.3}%",
+            cfg.tolerated_ratio,
+            cfg.floor * 100.0
+        );
         if self.fail_statistic() >= self.fail_threshold() {
             return (
                 Verdict::Fail,
                 format!(
-                    "canary {} vs baseline {}: worse beyond toleratedRatio {} and floor {:.3}%, e = {} ≥ {}",
+                    "canary {} vs baseline {}: worse, evidence {} : 1, needs {} : 1 (beyond {margin})",
                     pct(self.canary.rate()),
                     pct(self.baseline.rate()),
-                    cfg.tolerated_ratio,
-                    cfg.floor * 100.0,
-                    short(self.worse.e_value()),
-                    short(self.fail_threshold().exp())
+                    odds(self.worse.e_value()),
+                    odds(self.fail_threshold().exp())
                 ),
             );
         }
@@ -281,23 +287,30 @@ impl ShareJudge {
             return (
                 Verdict::Fail,
                 format!(
-                    "canary {} vs baseline {} since {}: worse beyond toleratedRatio {} and floor {:.3}% from that moment (change detector, D = {} ≥ {})",
+                    "canary {} vs baseline {} since {}: worse from that moment, evidence {} : 1, needs {} : 1 (change detector; beyond {margin})",
                     pct(c.rate()),
                     pct(b.rate()),
                     format_time(since),
-                    cfg.tolerated_ratio,
-                    cfg.floor * 100.0,
-                    short(self.detector.ln_statistic().min(700.0).exp()),
-                    short(self.change_threshold().exp())
+                    odds(self.detector.ln_statistic().min(700.0).exp()),
+                    odds(self.change_threshold().exp())
                 ),
             );
         }
+        let forecast = || {
+            self.outlook()
+                .map(|o| format!("; {}", o.sentence()))
+                .unwrap_or_default()
+        };
         if self.canary.requests < cfg.min_requests || self.baseline.requests < cfg.min_requests {
             return (
                 Verdict::Inconclusive,
                 format!(
-                    "not enough requests yet: canary {}, baseline {}, need {} each",
-                    self.canary.requests, self.baseline.requests, cfg.min_requests
+                    "collecting evidence: canary {} of {} requests, baseline {} of {}{}",
+                    self.canary.requests,
+                    cfg.min_requests,
+                    self.baseline.requests,
+                    cfg.min_requests,
+                    forecast()
                 ),
             );
         }
@@ -305,12 +318,12 @@ impl ShareJudge {
             return (
                 Verdict::Pass,
                 format!(
-                    "canary {} vs baseline {}: not worse by {}x (e = {} ≥ {})",
+                    "canary {} vs baseline {}: not worse than {}× the baseline, evidence {} : 1, needs {} : 1",
                     pct(self.canary.rate()),
                     pct(self.baseline.rate()),
                     cfg.tolerated_ratio,
-                    short(self.not_worse.e_value()),
-                    1.0 / PASS_ALPHA
+                    odds(self.not_worse.e_value()),
+                    odds(1.0 / PASS_ALPHA)
                 ),
             );
         }
@@ -320,7 +333,7 @@ impl ShareJudge {
             return (
                 Verdict::Pass,
                 format!(
-                    "canary rate at most {:.3}% (95% bound) against baseline {} + floor {:.3}%",
+                    "canary rate at most {:.3}% (95% bound), under baseline {} + floor {:.3}%: not worse",
                     upper * 100.0,
                     pct(Some(base)),
                     cfg.floor * 100.0
@@ -330,20 +343,25 @@ impl ShareJudge {
         (
             Verdict::Inconclusive,
             format!(
-                "collecting evidence: canary {} vs baseline {}, e(worse) = {:.2}, e(not worse) = {:.2}",
+                "canary {} vs baseline {}: collecting evidence{} (evidence not worse {} : 1, needs {} : 1)",
                 pct(self.canary.rate()),
                 pct(self.baseline.rate()),
-                self.worse.e_value(),
-                self.not_worse.e_value()
+                forecast(),
+                odds(self.not_worse.e_value()),
+                odds(1.0 / PASS_ALPHA)
             ),
         )
     }
 }
 
-/// An e-value for people: `12.3`, or `4.1e12` once it is large.
-fn short(e: f64) -> String {
-    if e < 1e5 {
+/// An e-value as odds for people: `12`, `4.1e12` once it is large, `< 0.1` when it is tiny.
+pub fn odds(e: f64) -> String {
+    if e.is_nan() || e < 0.1 {
+        "< 0.1".to_owned()
+    } else if e < 10.0 {
         format!("{e:.1}")
+    } else if e < 1e5 {
+        format!("{e:.0}")
     } else {
         format!("{e:.1e}")
     }
@@ -352,6 +370,7 @@ fn short(e: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::analysis::ErrorRate;
 
     fn counts(requests: f64, events: f64) -> ArmCounts {
         ArmCounts { requests, events }
@@ -374,6 +393,43 @@ mod tests {
     }
 
     #[test]
+    fn reasons_say_the_rates_and_the_conclusion_first_and_the_odds_after() {
+        let mut worse = judge();
+        for _ in 0..12 {
+            worse.observe(counts(500.0, 20.0), counts(500.0, 2.5), 0);
+        }
+        let (_, why) = worse.verdict();
+        assert!(
+            why.starts_with("canary 4.000% vs baseline 0.500%: worse, evidence "),
+            "{why}"
+        );
+        assert!(why.contains(" : 1, needs 133 : 1"), "{why}");
+        // A healthy canary at 10 rps: collecting, with how long it will take.
+        let mut healthy = ShareJudge::new(ShareConfig::new(1.5, 0.0002, 200.0));
+        healthy.start(0);
+        for t in 1..=60 {
+            healthy.observe(counts(10.0, 0.05), counts(90.0, 0.45), t);
+        }
+        let (v, why) = healthy.verdict();
+        assert_eq!(v, Verdict::Inconclusive);
+        assert!(
+            why.starts_with("canary 0.500% vs baseline 0.500%: collecting evidence; needs about "),
+            "{why}"
+        );
+        assert!(why.contains("min more at 10 rps"), "{why}");
+        assert!(why.contains("(evidence not worse "), "{why}");
+    }
+
+    #[test]
+    fn odds_read_as_people_say_them() {
+        assert_eq!(odds(0.0), "< 0.1");
+        assert_eq!(odds(f64::NAN), "< 0.1");
+        assert_eq!(odds(3.24), "3.2");
+        assert_eq!(odds(113.4), "113");
+        assert_eq!(odds(4.1e12), "4.1e12");
+    }
+
+    #[test]
     fn an_equal_canary_with_enough_traffic_passes() {
         let mut j = judge();
         for _ in 0..60 {
@@ -388,7 +444,7 @@ mod tests {
         j.observe(counts(50.0, 0.0), counts(50.0, 0.0), 0);
         let (v, why) = j.verdict();
         assert_eq!(v, Verdict::Inconclusive);
-        assert!(why.contains("not enough requests"), "{why}");
+        assert!(why.contains("canary 50 of 200 requests"), "{why}");
     }
 
     #[test]

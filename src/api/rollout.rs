@@ -83,6 +83,36 @@ pub struct RolloutSpec {
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 1, max = 100))]
     pub history_limit: i32,
+    /// When a step whose time is up is left: on a Pass (requirePass, the default), or with no
+    /// Fail once the canary has served minRequests (noFail). A step's own promotion overrides
+    /// it.
+    #[serde(default)]
+    pub promotion: Promotion,
+}
+
+/// When a step whose duration has elapsed is left.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Promotion {
+    /// Only on a Pass: the canary is shown to be within toleratedRatio of its baseline. At low
+    /// traffic that can take many minutes; the status says how many.
+    #[default]
+    RequirePass,
+    /// When the step's duration has elapsed, no metric has failed, and the canary has served
+    /// each counting metric's minRequests. Faster at low traffic; a canary slightly worse than
+    /// its baseline may be promoted (see the analysis documentation for the odds).
+    NoFail,
+}
+
+impl std::fmt::Display for Promotion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Promotion::RequirePass => "requirePass",
+            Promotion::NoFail => "noFail",
+        })
+    }
 }
 
 fn default_progress_deadline() -> Duration {
@@ -187,6 +217,9 @@ pub struct Step {
     /// Hold here: for `duration` when set, else until `rollguard resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<Pause>,
+    /// When this step is left once its time is up; the Rollout's promotion when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]

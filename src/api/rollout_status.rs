@@ -117,6 +117,24 @@ pub struct AnalysisSummary {
     /// The latest measurement of each metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricEvidence>,
+    /// While the analysis collects evidence: how long its Pass will take at the traffic and
+    /// rates so far, from the slowest metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<PassForecast>,
+}
+
+/// A forecast of the time until the analysis can pass.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PassForecast {
+    /// Expected seconds from the last measurement until a Pass; absent when none is in sight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<i64>,
+    /// Seconds within which the Pass comes nine times out of ten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p90_seconds: Option<i64>,
+    /// The forecast in words, with the canary's traffic and the margin it must be shown within.
+    pub message: String,
 }
 
 /// One measurement as a human would redo it: the queries and values, the counts, the test and
@@ -126,7 +144,8 @@ pub struct AnalysisSummary {
 pub struct MetricEvidence {
     /// The metric's name in its template.
     pub metric: String,
-    /// Pass, Fail, Inconclusive or Running.
+    /// Pass, Fail, Collecting (evidence is still coming in) or Inconclusive (the metric could
+    /// not be measured).
     pub verdict: String,
     /// Why, in words: the rates or values and the test's outcome.
     pub reason: String,

@@ -42,11 +42,19 @@ pub enum Command {
     /// Check analysis templates offline: schema, arguments, PromQL, and sound judgments.
     /// Exits 1 when there is an error.
     Lint {
-        /// YAML files; documents other than AnalysisTemplate/ClusterAnalysisTemplate are skipped.
+        /// YAML files: AnalysisTemplates, ClusterAnalysisTemplates and Rollouts; other documents
+        /// are skipped.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// The service's requests per second (canary and stable together): warn about Rollout
+        /// steps far shorter than the time their analysis needs to pass at that traffic.
+        #[arg(long)]
+        rps: Option<f64>,
+        /// The stable's error rate for --rps, as 0.5% or 0.005.
+        #[arg(long, default_value = "0.5%", value_parser = crate::lint::parse_error_rate)]
+        error_rate: f64,
     },
     /// Replay a template over a past time range against Prometheus, as the controller would,
     /// and print the verdicts and the first Fail with its evidence.
@@ -202,8 +210,20 @@ pub fn run() -> anyhow::Result<()> {
             print!("{}", completion(shell, "rollguard"));
             Ok(())
         }
-        Command::Lint { files, output } => {
-            if !lint(&files, output)? {
+        Command::Lint {
+            files,
+            output,
+            rps,
+            error_rate,
+        } => {
+            let traffic = match rps {
+                Some(rps) if !(rps > 0.0 && rps.is_finite()) => {
+                    anyhow::bail!("--rps {rps}: give the service's requests per second, above 0")
+                }
+                Some(rps) => Some(crate::lint::Traffic { rps, error_rate }),
+                None => None,
+            };
+            if !lint(&files, output, traffic)? {
                 std::process::exit(1);
             }
             Ok(())
@@ -396,8 +416,12 @@ fn send(a: RequestArgs, action: RequestAction) -> anyhow::Result<()> {
 }
 
 /// Prints the findings; returns whether there were no errors.
-fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
-    let reports = crate::lint::lint_files(files);
+fn lint(
+    files: &[PathBuf],
+    output: Output,
+    traffic: Option<crate::lint::Traffic>,
+) -> anyhow::Result<bool> {
+    let reports = crate::lint::lint_files(files, traffic);
     let count = |s: Level| {
         reports
             .iter()
@@ -407,12 +431,14 @@ fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
     };
     let (errors, warnings) = (count(Level::Error), count(Level::Warning));
     let templates: usize = reports.iter().map(|r| r.templates).sum();
+    let rollouts: usize = reports.iter().map(|r| r.rollouts).sum();
     match output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "files": reports,
                 "templates": templates,
+                "rollouts": rollouts,
                 "errors": errors,
                 "warnings": warnings,
             }))?
@@ -421,8 +447,13 @@ fn lint(files: &[PathBuf], output: Output) -> anyhow::Result<bool> {
             for f in reports.iter().flat_map(|r| &r.findings) {
                 println!("{f}");
             }
+            let rollouts = if rollouts > 0 {
+                format!(", {rollouts} Rollout(s)")
+            } else {
+                String::new()
+            };
             eprintln!(
-                "{} file(s), {templates} template(s): {errors} error(s), {warnings} warning(s)",
+                "{} file(s), {templates} template(s){rollouts}: {errors} error(s), {warnings} warning(s)",
                 files.len()
             );
         }

@@ -11,7 +11,9 @@ use super::error::CannotStart;
 use super::metrics::Metrics;
 use crate::analysis::source::{MetricSource, Series, SourceError};
 
-use crate::analysis::judge::Cohort;
+use crate::analysis::estimate::Outlook;
+use crate::analysis::judge::{Cohort, Statistic};
+use crate::analysis::latency::slowest;
 use crate::analysis::prometheus::PrometheusSource;
 use crate::analysis::provider::{allows, connect};
 use crate::analysis::run::{AnalysisRun, Decision, Measurement, Target};
@@ -19,7 +21,9 @@ use crate::analysis::verdict::Verdict;
 use crate::api::analysis::{AnalysisTemplate, ClusterAnalysisTemplate, InconclusiveAction};
 use crate::api::common::bounded;
 use crate::api::endpoints::MetricProvider;
-use crate::api::rollout::{AnalysisSummary, BaselineMode, MetricEvidence, QueryValue, Rollout};
+use crate::api::rollout::{
+    AnalysisSummary, BaselineMode, MetricEvidence, PassForecast, QueryValue, Rollout,
+};
 use crate::rollout::plan::AnalysisView;
 use crate::rollout::workload::Arm;
 use crate::rollout::workload::arm_name;
@@ -258,15 +262,20 @@ impl LiveRun {
             }
             _ => None,
         };
+        let outlook = (decision == Decision::Running)
+            .then(|| slowest(self.runs.iter().filter_map(|(_, r)| r.outlook())))
+            .flatten();
         AnalysisView {
             summary: AnalysisSummary {
                 decision: decision.name().to_owned(),
                 reason,
                 first_fail_at: self.first_fail_at.map(format_time),
                 metrics: self.latest.values().cloned().collect(),
+                forecast: outlook.as_ref().map(forecast),
             },
             decision,
             first_fail_at: self.first_fail_at,
+            served_min_requests: self.runs.iter().all(|(_, r)| r.served_min_requests()),
             next_due_in: self
                 .runs
                 .iter()
@@ -316,6 +325,42 @@ pub fn combine(decisions: Vec<Decision>) -> Decision {
         .unwrap_or(Decision::Pass)
 }
 
+/// A forecast as the status keeps it.
+pub fn forecast(o: &Outlook) -> PassForecast {
+    let e = o.estimate();
+    PassForecast {
+        seconds: e.map(|e| e.secs.ceil() as i64),
+        p90_seconds: e.map(|e| e.p90_secs.ceil() as i64),
+        message: bounded(&o.sentence()),
+    }
+}
+
+/// A statistic for people: its value and bound with the digits that matter. A value at the
+/// floor of the scale (no evidence at all, e = 0) reads as such, not as 300 digits.
+pub fn statistic_text(s: &Statistic) -> String {
+    let number = |x: f64| {
+        if x <= -1e299 || x == f64::NEG_INFINITY {
+            "−∞".to_owned()
+        } else if x.is_nan() {
+            "n/a".to_owned()
+        } else if x.abs() >= 1e6 {
+            format!("{x:.3e}")
+        } else {
+            format!("{x:.3}")
+        }
+    };
+    let mut text = format!(
+        "{} = {} against {}",
+        s.name,
+        number(s.value),
+        number(s.threshold)
+    );
+    if s.value <= -1e299 {
+        text.push_str(" (the canary is not worse by enough to matter)");
+    }
+    text
+}
+
 /// A measurement as the status and the Release keep it.
 pub fn evidence(m: &Measurement) -> MetricEvidence {
     let o = &m.outcome;
@@ -328,16 +373,17 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
     };
     MetricEvidence {
         metric: m.metric.clone(),
-        verdict: o.verdict.to_string(),
+        verdict: if o.verdict == Verdict::Inconclusive && o.problem.is_none() {
+            "Collecting".to_owned()
+        } else {
+            o.verdict.to_string()
+        },
         reason: bounded(&o.reason),
         at: format_time(m.at),
         counts,
         worse_since: o.worse_since.map(format_time),
         source: None,
-        statistic: o
-            .statistic
-            .as_ref()
-            .map(|s| format!("{} = {:.3} against {:.3}", s.name, s.value, s.threshold)),
+        statistic: o.statistic.as_ref().map(statistic_text),
         queries: m
             .queries
             .iter()
@@ -370,6 +416,26 @@ mod tests {
             reason: "r".into(),
             critical,
         }
+    }
+
+    #[test]
+    fn a_statistic_at_the_floor_of_its_scale_reads_in_words_not_300_digits() {
+        let text = statistic_text(&Statistic {
+            name: "ln e, canary worse".into(),
+            value: -1e300,
+            threshold: 4.892,
+        });
+        assert_eq!(
+            text,
+            "ln e, canary worse = −∞ against 4.892 (the canary is not worse by enough to matter)"
+        );
+        assert!(text.len() < 120, "{text}");
+        let big = statistic_text(&Statistic {
+            name: "canary value".into(),
+            value: 12_345_678.0,
+            threshold: 2.5,
+        });
+        assert_eq!(big, "canary value = 1.235e7 against 2.500");
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl std::fmt::Display for Finding {
 pub struct FileReport {
     pub file: String,
     pub templates: usize,
+    pub rollouts: usize,
     pub findings: Vec<Finding>,
 }
 

@@ -16,6 +16,7 @@
 mod finding;
 mod migrate;
 mod query;
+mod steps;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,9 +29,15 @@ use crate::templates::{API_VERSION, decode_spec, documents, is_template};
 pub use finding::{FileReport, Finding, Level, Raw};
 use finding::{error, warning};
 use query::lint_query;
+pub use steps::{Traffic, parse_error_rate};
 
-/// Lints every template in a file.
-pub fn lint_file(path: &Path) -> FileReport {
+/// Lints every template in a file, and its Rollouts: with `traffic`, their steps against the
+/// time their analysis needs (`templates` holds the errorRate judgments of every file linted).
+pub fn lint_file(
+    path: &Path,
+    templates: &BTreeMap<String, Vec<crate::analysis::share::ShareConfig>>,
+    traffic: Option<Traffic>,
+) -> FileReport {
     let file = path.display().to_string();
     let mut report = FileReport {
         file: file.clone(),
@@ -52,16 +59,21 @@ pub fn lint_file(path: &Path) -> FileReport {
     };
     let several = docs.len() > 1;
     for (i, doc) in docs.iter().enumerate() {
-        if !is_template(doc) && migrate::hints(doc).is_none() {
-            continue;
-        }
-        report.templates += 1;
         let prefix = if several {
             format!("#{}:", i + 1)
         } else {
             String::new()
         };
-        for (path, severity, message) in lint_document(doc) {
+        let findings = if steps::is_rollout(doc) {
+            report.rollouts += 1;
+            steps::lint_rollout(doc, templates, traffic)
+        } else if is_template(doc) || migrate::hints(doc).is_some() {
+            report.templates += 1;
+            lint_document(doc)
+        } else {
+            continue;
+        };
+        for (path, severity, message) in findings {
             report.findings.push(Finding {
                 file: file.clone(),
                 path: format!("{prefix}{path}"),
@@ -70,12 +82,12 @@ pub fn lint_file(path: &Path) -> FileReport {
             });
         }
     }
-    if report.templates == 0 {
+    if report.templates == 0 && report.rollouts == 0 {
         report.findings.push(Finding {
             file,
             path: String::new(),
             severity: Level::Warning,
-            message: "no AnalysisTemplate or ClusterAnalysisTemplate in this file".into(),
+            message: "no AnalysisTemplate, ClusterAnalysisTemplate or Rollout in this file".into(),
         });
     }
     report
@@ -315,9 +327,19 @@ fn check_min_requests(v: i64, path: &str, out: &mut Vec<Raw>) {
 }
 
 /// What a query's expression does with counters.
-/// Lints several files; returns the reports in order.
-pub fn lint_files(paths: &[std::path::PathBuf]) -> Vec<FileReport> {
-    paths.iter().map(|p| lint_file(p)).collect()
+/// Lints several files; returns the reports in order. Rollouts' steps are held against the
+/// templates of all the files.
+pub fn lint_files(paths: &[std::path::PathBuf], traffic: Option<Traffic>) -> Vec<FileReport> {
+    let docs: Vec<serde_json::Value> = paths
+        .iter()
+        .filter_map(|p| documents(p).ok())
+        .flatten()
+        .collect();
+    let templates = steps::error_rates(&docs);
+    paths
+        .iter()
+        .map(|p| lint_file(p, &templates, traffic))
+        .collect()
 }
 
 #[cfg(test)]
@@ -496,7 +518,7 @@ mod tests {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: rollguard.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n  - name: m\n    provider: p\n    threshold: {query: 'sum(x_total{a=\"{{arm}}\"})', max: 1}\n",
         )
         .expect("write");
-        let report = lint_file(&file);
+        let report = lint_file(&file, &BTreeMap::new(), None);
         assert_eq!(report.templates, 1);
         let line = report.findings[0].to_string();
         assert!(
@@ -507,7 +529,7 @@ mod tests {
             "{line}"
         );
         std::fs::write(&file, "metrics: [unclosed").expect("write");
-        let report = lint_file(&file);
+        let report = lint_file(&file, &BTreeMap::new(), None);
         assert!(
             report.findings[0].message.contains("not valid YAML"),
             "{:?}",

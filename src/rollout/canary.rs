@@ -6,7 +6,7 @@ use super::workload::{Arm, Artifact, Workload, canary_replicas, short_digest};
 use crate::analysis::run::Decision;
 use crate::api::analysis::InconclusiveAction;
 use crate::api::release::ReleasePhase;
-use crate::api::rollout::{Pause, ReleaseRef, RolloutPhase, Step};
+use crate::api::rollout::{PassForecast, Pause, Promotion, ReleaseRef, RolloutPhase, Step};
 use crate::time::{format_time, parse_at, secs};
 
 impl Planner<'_> {
@@ -98,6 +98,7 @@ impl Planner<'_> {
             return;
         };
         let i = self.status.current_step.unwrap_or(0);
+        self.note_forecast(i, &step);
         if let Some(w) = step.set_weight {
             self.weight_step(i, w, &step);
         } else if let Some(pause) = &step.pause {
@@ -246,7 +247,14 @@ impl Planner<'_> {
         let elapsed = now - step_started.unwrap_or(now);
         let min = step.duration.as_ref().map_or(0, |d| secs(d, 0));
         if elapsed < min {
-            self.status.message = Some(format!("{label}: canary at {w}%, {}s of {min}s", elapsed));
+            let slow = self
+                .forecast()
+                .filter(|f| f.seconds.is_none_or(|s| s > min - elapsed))
+                .map(|f| format!("; the analysis {}", f.message))
+                .unwrap_or_default();
+            self.status.message = Some(format!(
+                "{label}: canary at {w}%, {elapsed}s of {min}s{slow}"
+            ));
             self.requeue = self.wake_in(Some((min - elapsed) as u64));
             return;
         }
@@ -290,11 +298,13 @@ impl Planner<'_> {
     }
 
     /// A step whose time is up is left on a Pass, or with no analysis when the owner wrote
-    /// that choice into the spec (`withoutAnalysis`). A Fail rolls back; anything else waits
-    /// for evidence.
+    /// that choice into the spec (`withoutAnalysis`), or under `promotion: noFail` with no Fail
+    /// once the canary has served minRequests. A Fail rolls back; anything else waits for
+    /// evidence and says how long that will take.
     pub(super) fn leave_step(&mut self, i: i32, at: &str) {
         let label = self.step_label(i);
         let analysis = self.obs.analysis.clone();
+        let policy = self.promotion_at(i);
         match analysis.as_ref().map(|a| &a.decision) {
             Some(Decision::Pass) => self.advance(),
             None if self.spec.analysis.is_none() && self.spec.without_analysis => self.advance(),
@@ -311,13 +321,99 @@ impl Planner<'_> {
                     ev,
                 );
             }
+            Some(Decision::Running) if policy == Promotion::NoFail => {
+                let a = analysis.as_ref().expect("matched Some");
+                if a.served_min_requests && a.first_fail_at.is_none() {
+                    let pending = self
+                        .forecast()
+                        .map(|f| format!("; a Pass was not shown yet: {}", f.message))
+                        .unwrap_or_default();
+                    self.note(
+                        false,
+                        Reason::LeftWithoutPass,
+                        format!(
+                            "{label}: left under promotion noFail: its time is up, no metric \
+                             failed, and the canary served minRequests{pending}"
+                        ),
+                    );
+                    self.advance();
+                } else {
+                    self.status.message = Some(format!(
+                        "{label}: {at}, waiting for the canary to serve minRequests (promotion \
+                             noFail)"
+                    ));
+                    self.requeue = self.wake_in(None);
+                }
+            }
             _ => {
+                let forecast = self.forecast().map_or_else(
+                    || ": evidence is still coming in".to_owned(),
+                    |f| format!(": {}", f.message),
+                );
                 self.status.message = Some(format!(
-                    "{label}: {at}, waiting for enough evidence to pass"
+                    "{label}: {at}, waiting for the analysis's Pass{forecast}"
                 ));
                 self.requeue = self.wake_in(None);
             }
         }
+    }
+
+    /// The promotion policy of step `i`: its own, else the Rollout's.
+    fn promotion_at(&self, i: i32) -> Promotion {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.spec.steps.get(i))
+            .and_then(|s| s.promotion)
+            .unwrap_or(self.spec.promotion)
+    }
+
+    /// The analysis's latest forecast of its Pass.
+    fn forecast(&self) -> Option<PassForecast> {
+        self.obs
+            .analysis
+            .as_ref()
+            .and_then(|a| a.summary.forecast.clone())
+    }
+
+    /// Once per step, the analysis's first forecast as an Event: a warning when a step that
+    /// waits for a Pass lasts far less than the evidence needs, so the owner learns at once
+    /// why the step will outlast its duration, and what `promotion: noFail` would change.
+    fn note_forecast(&mut self, i: i32, step: &Step) {
+        let Some(started) = self.status.step_started_at.clone() else {
+            return;
+        };
+        let Some(f) = self.forecast() else {
+            return;
+        };
+        let noted = self.status.timeline.iter().any(|e| {
+            e.reason == Reason::PassForecast.to_string() && e.at.as_str() >= started.as_str()
+        });
+        if noted {
+            return;
+        }
+        let label = self.step_label(i);
+        let elapsed = self.now() - parse_at(Some(&started)).unwrap_or(self.now());
+        let duration = step
+            .duration
+            .as_ref()
+            .or(step.pause.as_ref().and_then(|p| p.duration.as_ref()))
+            .map(|d| secs(d, 0));
+        let total = f.seconds.map(|s| s + elapsed);
+        let far_beyond = duration.is_some_and(|d| total.is_none_or(|t| t > 2 * d && t > d + 60));
+        let policy = self.promotion_at(i);
+        let (warning, message) = match duration {
+            Some(d) if far_beyond && policy == Promotion::RequirePass => (
+                true,
+                format!(
+                    "{label} lasts {d}s, but the analysis {}; the step waits for the Pass \
+                             (promotion requirePass). promotion: noFail would leave it after {d}s if \
+                             nothing fails",
+                    f.message
+                ),
+            ),
+            _ => (false, format!("{label}: the analysis {}", f.message)),
+        };
+        self.note(warning, Reason::PassForecast, message);
     }
 
     /// Why the canary may not be judged: its analysis cannot start, or the Rollout has none
@@ -631,6 +727,7 @@ mod tests {
                 pause: Some(crate::api::rollout::Pause {
                     duration: Some(Duration::new("10s")),
                 }),
+                promotion: None,
             },
         );
         s.current_step = Some(1);
@@ -645,6 +742,117 @@ mod tests {
             decide("c", &sp, &s, &o).status.phase,
             Some(RolloutPhase::RollingBack)
         );
+    }
+
+    #[test]
+    fn no_fail_leaves_a_step_at_its_end_without_a_pass_once_min_requests_are_served() {
+        let (s, mut o) = progressing();
+        let mut sp = analysed(spec());
+        sp.promotion = Promotion::NoFail;
+        o.now = 1031;
+        o.analysis = Some(running(false, Some(400)));
+        let plan = decide("c", &sp, &s, &o);
+        assert_eq!(plan.status.current_step, Some(0), "minRequests not served");
+        assert!(
+            plan.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("minRequests (promotion noFail)")),
+            "{:?}",
+            plan.status.message
+        );
+        o.analysis = Some(running(true, Some(400)));
+        let plan = decide("c", &sp, &s, &o);
+        assert_eq!(
+            plan.status.current_step,
+            Some(1),
+            "time up, no Fail, served"
+        );
+        let left = plan
+            .notes
+            .iter()
+            .find(|n| n.reason == Reason::LeftWithoutPass)
+            .expect("a note says the step was left without a Pass");
+        assert!(
+            left.message.contains("needs about 400 s"),
+            "{}",
+            left.message
+        );
+        // Before its time is up, noFail waits like requirePass.
+        o.now = 1020;
+        assert_eq!(decide("c", &sp, &s, &o).status.current_step, Some(0));
+        // A metric that failed once in this run keeps the step, even if it reads Running now.
+        o.now = 1031;
+        o.analysis = Some(AnalysisView {
+            first_fail_at: Some(1010),
+            ..running(true, None)
+        });
+        assert_eq!(decide("c", &sp, &s, &o).status.current_step, Some(0));
+    }
+
+    #[test]
+    fn a_steps_own_promotion_overrides_the_rollouts() {
+        let (s, mut o) = progressing();
+        let mut sp = analysed(spec());
+        sp.steps[0].promotion = Some(Promotion::NoFail);
+        o.now = 1031;
+        o.analysis = Some(running(true, Some(400)));
+        assert_eq!(decide("c", &sp, &s, &o).status.current_step, Some(1));
+        sp.promotion = Promotion::NoFail;
+        sp.steps[0].promotion = Some(Promotion::RequirePass);
+        let plan = decide("c", &sp, &s, &o);
+        assert_eq!(plan.status.current_step, Some(0));
+        assert!(
+            plan.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("waiting for the analysis's Pass: needs about 400 s")),
+            "{:?}",
+            plan.status.message
+        );
+    }
+
+    #[test]
+    fn the_first_forecast_of_a_step_is_an_event_and_a_warning_when_the_step_is_far_too_short() {
+        // A 30 s step; at 10 s the analysis needs 400 s more.
+        let (s, mut o) = progressing();
+        let sp = analysed(spec());
+        o.now = 1010;
+        o.analysis = Some(running(false, Some(400)));
+        let plan = decide("c", &sp, &s, &o);
+        let notes: Vec<&Note> = plan
+            .notes
+            .iter()
+            .filter(|n| n.reason == Reason::PassForecast)
+            .collect();
+        assert_eq!(notes.len(), 1, "{:?}", plan.notes);
+        assert!(notes[0].warning);
+        assert!(
+            notes[0].message.contains("lasts 30s")
+                && notes[0].message.contains("needs about 400 s")
+                && notes[0].message.contains("noFail"),
+            "{}",
+            notes[0].message
+        );
+        assert!(
+            plan.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("10s of 30s; the analysis needs about 400 s")),
+            "{:?}",
+            plan.status.message
+        );
+        // Once per step: the next pass finds it in the timeline.
+        o.now = 1012;
+        let again = decide("c", &sp, &plan.status, &o);
+        assert!(again.notes.iter().all(|n| n.reason != Reason::PassForecast));
+        // A forecast within the step's time is a plain note, no warning.
+        let (s, mut o) = progressing();
+        o.now = 1010;
+        o.analysis = Some(running(false, Some(15)));
+        let plan = decide("c", &sp, &s, &o);
+        let note = plan.notes.iter().find(|n| n.reason == Reason::PassForecast);
+        assert!(note.is_some_and(|n| !n.warning), "{:?}", plan.notes);
     }
 
     #[test]
@@ -664,12 +872,7 @@ mod tests {
             "20 s of 30 s"
         );
         o.now = 1031;
-        o.analysis = Some(AnalysisView {
-            decision: Decision::Running,
-            summary: AnalysisSummary::default(),
-            first_fail_at: None,
-            next_due_in: None,
-        });
+        o.analysis = Some(running(true, None));
         assert_eq!(
             decide("c", &sp, &s, &o).status.current_step,
             Some(0),

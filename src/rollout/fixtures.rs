@@ -30,11 +30,13 @@ pub fn spec() -> RolloutSpec {
                 set_weight: Some(10),
                 duration: Some(Duration::new("30s")),
                 pause: None,
+                promotion: None,
             },
             Step {
                 set_weight: Some(50),
                 duration: None,
                 pause: None,
+                promotion: None,
             },
         ],
         analysis: None,
@@ -43,6 +45,7 @@ pub fn spec() -> RolloutSpec {
         progress_deadline: Duration::new("10m"),
         require_digest: true,
         post_promotion_window: None,
+        promotion: Default::default(),
         recovery_window: Duration::new("30s"),
         escalation: Some(Escalation {
             receivers: vec!["pager".into()],
@@ -117,6 +120,27 @@ pub fn pass() -> AnalysisView {
         summary: AnalysisSummary::default(),
         first_fail_at: None,
         next_due_in: None,
+        served_min_requests: true,
+    }
+}
+
+/// Evidence still coming in: whether the canary served minRequests, and the forecast of the
+/// Pass in seconds, if any.
+pub fn running(served: bool, forecast_secs: Option<i64>) -> AnalysisView {
+    AnalysisView {
+        decision: Decision::Running,
+        summary: AnalysisSummary {
+            decision: "Running".into(),
+            forecast: forecast_secs.map(|s| PassForecast {
+                seconds: Some(s),
+                p90_seconds: Some(2 * s),
+                message: format!("needs about {s} s more at 10 rps"),
+            }),
+            ..AnalysisSummary::default()
+        },
+        first_fail_at: None,
+        next_due_in: None,
+        served_min_requests: served,
     }
 }
 
@@ -138,6 +162,7 @@ pub fn fail(critical: bool) -> AnalysisView {
         },
         first_fail_at: Some(1000),
         next_due_in: None,
+        served_min_requests: true,
     }
 }
 

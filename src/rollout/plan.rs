@@ -59,6 +59,8 @@ pub struct AnalysisView {
     pub first_fail_at: Option<i64>,
     /// Seconds until the next measurement is due: the earliest a verdict can change.
     pub next_due_in: Option<u64>,
+    /// Every counting metric has seen the canary serve its minRequests (`promotion: noFail`).
+    pub served_min_requests: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -216,12 +218,16 @@ pub enum Reason {
     ManualRollbackDone,
     ManualRollbackRefused,
     ManualRollbackWarning,
+    /// The analysis's first forecast of its Pass at a step.
+    PassForecast,
+    /// A step left under `promotion: noFail`, without a Pass.
+    LeftWithoutPass,
     /// A saga step done: `Rollback<Step>`.
     RollbackStep(RollbackStep),
 }
 
 impl Reason {
-    const NAMED: [(Reason, &'static str); 28] = [
+    const NAMED: [(Reason, &'static str); 30] = [
         (Reason::Initialized, "Initialized"),
         (Reason::Stable, "Stable"),
         (Reason::Blocked, "Blocked"),
@@ -250,6 +256,8 @@ impl Reason {
         (Reason::ManualRollbackDone, "ManualRollbackDone"),
         (Reason::ManualRollbackRefused, "ManualRollbackRefused"),
         (Reason::ManualRollbackWarning, "ManualRollbackWarning"),
+        (Reason::PassForecast, "PassForecast"),
+        (Reason::LeftWithoutPass, "LeftWithoutPass"),
     ];
 
     /// The reason a timeline entry or Event carries, read back; None for one this version does

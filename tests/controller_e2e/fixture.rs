@@ -64,6 +64,14 @@ pub(crate) struct Scenario {
     /// How long each pod takes to become Ready (kwok's pod-ready delay), when it should not
     /// be at once.
     pub(crate) ready_delay: Option<&'static str>,
+    /// Requests per second on the route (400 when unset).
+    pub(crate) rps: Option<&'static str>,
+    /// The simulator's profile of every pod of every release (healthy, no errors, when unset).
+    pub(crate) profile: Option<&'static str>,
+    /// Fields merged into the template's `errorRate` (toleratedRatio, floor, minRequests).
+    pub(crate) error_rate: Option<Value>,
+    /// The Rollout's `promotion`.
+    pub(crate) promotion: Option<&'static str>,
 }
 
 impl Default for Scenario {
@@ -79,6 +87,10 @@ impl Default for Scenario {
             recovery_window: "5s",
             replicas: None,
             ready_delay: None,
+            rps: None,
+            profile: None,
+            error_rate: None,
+            promotion: None,
         }
     }
 }
@@ -125,11 +137,16 @@ pub(crate) async fn apply_cluster(client: &Client, ar: &ApiResource, object: Val
 }
 
 pub(crate) fn target(digest: &str, replicas: i32) -> Value {
-    target_with(digest, replicas, None)
+    target_with(digest, replicas, None, None)
 }
 
-/// The target, its pods taking `ready_delay` to become Ready.
-pub(crate) fn target_with(digest: &str, replicas: i32, ready_delay: Option<&str>) -> Value {
+/// The target, its pods taking `ready_delay` to become Ready and serving as `profile` says.
+pub(crate) fn target_with(
+    digest: &str,
+    replicas: i32,
+    ready_delay: Option<&str>,
+    profile: Option<&str>,
+) -> Value {
     let mut t = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": format!("deploy {}", &digest[7..12]),
@@ -151,12 +168,16 @@ pub(crate) fn target_with(digest: &str, replicas: i32, ready_delay: Option<&str>
         t["spec"]["template"]["metadata"]["annotations"]["pod-ready.stage.kwok.x-k8s.io/delay"] =
             delay.into();
     }
+    if let Some(profile) = profile {
+        t["spec"]["template"]["metadata"]["annotations"]["sim.rollguard.dev/profile"] =
+            profile.into();
+    }
     t
 }
 
-/// The route object of each router, all traffic on stable, with 400 requests per second.
-pub(crate) fn route(router: Routing) -> Option<Value> {
-    let rps = json!({"sim.rollguard.dev/rps": "400"});
+/// The route object of each router, all traffic on stable, with `rps` requests per second.
+pub(crate) fn route(router: Routing, rps: &str) -> Option<Value> {
+    let rps = json!({"sim.rollguard.dev/rps": rps});
     Some(match router {
         Routing::Gateway => json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -209,6 +230,7 @@ pub(crate) struct Fixture {
     pub(crate) router: Routing,
     pub(crate) replicas: i32,
     pub(crate) ready_delay: Option<&'static str>,
+    pub(crate) profile: Option<&'static str>,
     pub(crate) rollouts: Api<Rollout>,
     pub(crate) deployments: Api<Deployment>,
     pub(crate) releases: Api<Release>,
@@ -240,6 +262,7 @@ impl Fixture {
             router: sc.router,
             replicas,
             ready_delay: sc.ready_delay,
+            profile: sc.profile,
         };
         fx.set_target(GOOD_A).await;
         let mut service = json!({
@@ -252,7 +275,10 @@ impl Fixture {
         fx.ns
             .apply(&core_resource("v1", "Service", "services"), service)
             .await;
-        if let (Some(ar), Some(object)) = (route_resource(sc.router), route(sc.router)) {
+        if let (Some(ar), Some(object)) = (
+            route_resource(sc.router),
+            route(sc.router, sc.rps.unwrap_or("400")),
+        ) {
             fx.ns.apply(&ar, object).await;
         }
         let selector = |extra: &str| {
@@ -261,7 +287,7 @@ impl Fixture {
                 fx.ns.name
             )
         };
-        let metric = match sc.judgement {
+        let mut metric = match sc.judgement {
             Judgement::Errors => json!({
                 "name": "error-rate", "provider": fx.provider, "interval": "2s", "critical": true,
                 "errorRate": {"requests": format!("sum({})", selector("")),
@@ -275,6 +301,13 @@ impl Fixture {
                             "toleratedRatio": 1.5, "minRequests": 100},
             }),
         };
+        if let (Some(Value::Object(fields)), Some(e)) =
+            (&sc.error_rate, metric.get_mut("errorRate"))
+        {
+            for (k, v) in fields {
+                e[k] = v.clone();
+            }
+        }
         fx.ns
             .apply(&rg("AnalysisTemplate", "analysistemplates"), json!({
                 "apiVersion": "rollguard.dev/v1alpha1", "kind": "AnalysisTemplate",
@@ -295,6 +328,9 @@ impl Fixture {
         }
         if let Some(w) = sc.post_promotion_window {
             spec["postPromotionWindow"] = json!(w);
+        }
+        if let Some(p) = sc.promotion {
+            spec["promotion"] = json!(p);
         }
         fx.ns
             .apply(
@@ -405,7 +441,7 @@ impl Fixture {
         self.ns
             .apply(
                 &core_resource("apps/v1", "Deployment", "deployments"),
-                target_with(digest, self.replicas, self.ready_delay),
+                target_with(digest, self.replicas, self.ready_delay, self.profile),
             )
             .await;
     }

@@ -11,6 +11,7 @@ mod delivery;
 mod escalation;
 mod faults;
 mod fixture;
+mod forecast;
 mod leader;
 mod manual;
 mod rbac;
