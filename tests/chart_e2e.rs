@@ -202,6 +202,48 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
     let monitor = one(&ha, "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 
+    // The alerts of the operations guide, as a PrometheusRule when asked for: the groups of
+    // files/alerts.yaml, which promtool checks (below).
+    assert_eq!(count(&objects, "PrometheusRule"), 0);
+    let alerting = render("rollguard-system", &["prometheusRule.enabled=true"]);
+    let rule = one(&alerting, "PrometheusRule");
+    let file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/rollguard/files/alerts.yaml"))
+            .expect("alerts file"),
+    )
+    .expect("YAML");
+    assert_eq!(rule["spec"]["groups"], file["groups"]);
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert!(
+        alerts.contains(&"RollguardRollbackIncomplete") && alerts.contains(&"RollguardNoLeader"),
+        "{alerts:?}"
+    );
+
+    // `helm test`: a pod of the controller's own image probes /healthz through the Service.
+    let test = one(&objects, "Pod");
+    assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(
+        test["spec"]["containers"][0]["image"],
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+    assert_eq!(
+        test["spec"]["containers"][0]["args"],
+        serde_json::json!(["probe", "http://rg-rollguard.rollguard-system.svc:8080/healthz"])
+    );
+    assert_eq!(
+        test["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    assert_eq!(
+        count(&render("rollguard-system", &["helmTest.enabled=false"]), "Pod"),
+        0
+    );
+
     // The Grafana dashboard: the JSON the repository holds, labelled for the sidecar.
     let dashboard = one(&objects, "ConfigMap");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
@@ -281,6 +323,19 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
     assert!(groups.contains("gateway.networking.k8s.io"));
     assert!(!groups.contains("networking.istio.io"), "{groups:?}");
     assert!(!groups.contains("split.smi-spec.io"), "{groups:?}");
+}
+
+/// The shipped alerts are a valid Prometheus rules file, as Prometheus's own checker reads it.
+#[test]
+#[ignore = "needs promtool (scripts/env install); run by make test"]
+fn the_shipped_alerts_pass_promtool() {
+    let file = repo_root().join("charts/rollguard/files/alerts.yaml");
+    let out = run_ok(
+        "promtool",
+        &["check", "rules", &file.display().to_string()],
+        None,
+    );
+    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
 }
 
 /// What `helm install` prints afterwards: how to check the controller and what to do next.
@@ -385,7 +440,14 @@ fn every_rbac_rule_in_the_chart_says_why_it_exists() {
 #[ignore = "needs the local environment (scripts/env up); run by make test"]
 async fn rendered_chart_applies_with_server_side_dry_run() {
     let ns = TestNamespace::create("e2e-chart-dry").await;
-    for sets in [&[][..], &["replicas=3", "serviceMonitor.enabled=true"][..]] {
+    for sets in [
+        &[][..],
+        &[
+            "replicas=3",
+            "serviceMonitor.enabled=true",
+            "prometheusRule.enabled=true",
+        ][..],
+    ] {
         let objects = render(&ns.name, sets);
         let yaml = objects
             .iter()

@@ -79,3 +79,48 @@ fn the_license_file_is_the_declared_apache_2_0() {
         "the whole text"
     );
 }
+
+/// A one-shot HTTP server on loopback that answers `status` to its first request.
+fn answering(status: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        if let Ok((mut socket, _)) = listener.accept() {
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request);
+            let _ = write!(
+                socket,
+                "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+        }
+    });
+    format!("http://{address}/healthz")
+}
+
+/// `rollguard probe`, what the chart's `helm test` runs from the controller's image: 0 on a
+/// 2xx answer, 1 on another answer or none.
+#[test]
+fn probe_exits_zero_only_on_a_success_answer() {
+    let (code, stdout, stderr) = rollguard(&["probe", &answering("200 OK")]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("200 OK"), "{stdout}");
+    let (code, stdout, _) = rollguard(&["probe", &answering("503 Service Unavailable")]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("503"), "{stdout}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (code, _, stderr) = rollguard(&[
+        "probe",
+        &format!("http://127.0.0.1:{port}/healthz"),
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no answer within 2s"), "{stderr}");
+    let (code, _, stderr) = rollguard(&["probe", "ftp://example"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("http:// or https://"), "{stderr}");
+}

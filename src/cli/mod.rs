@@ -26,6 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Print the version of this build.
     Version,
+    /// GET an http(s) URL and exit 0 on a 2xx answer, 1 otherwise: the chart's `helm test`
+    /// checks the controller's /healthz with it, from the controller's own image.
+    Probe {
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s")]
+        timeout: humantime::Duration,
+    },
     /// Print a shell completion script: `source <(rollguard completion bash)`, or write it
     /// where your shell loads completions from.
     Completion {
@@ -206,6 +214,18 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crds { dir } => print_crds(dir),
+        Command::Probe { url, timeout } => {
+            let status = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(probe(&url, *timeout))?;
+            println!("{url}: {status}");
+            if !status.is_success() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Completion { shell } => {
             print!("{}", completion(shell, "rollguard"));
             Ok(())
@@ -459,6 +479,25 @@ fn lint(
         }
     }
     Ok(errors == 0)
+}
+
+/// The status of a GET of `url`.
+async fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<reqwest::StatusCode> {
+    anyhow::ensure!(
+        url.starts_with("http://") || url.starts_with("https://"),
+        "{url}: give an http:// or https:// URL"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let answer = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("{url}: no answer within {}", humantime::format_duration(timeout)))?;
+    Ok(answer.status())
 }
 
 fn print_crds(dirs: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -633,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn every_series_the_dashboard_queries_is_exported() {
+    fn every_series_the_dashboard_and_the_alerts_query_is_exported() {
         let m = Metrics::default();
         // One sample in every family, so that each is in the exposition.
         let mut after = RolloutStatus {
@@ -696,6 +696,28 @@ mod tests {
             }
         }
         assert!(queried >= 20, "{queried}");
+
+        // The alerts the chart ships (and the operations guide recommends).
+        let alerts: serde_json::Value =
+            serde_saphyr::from_str(include_str!("../../charts/rollguard/files/alerts.yaml"))
+                .expect("the alerts are YAML");
+        let mut alerted = 0;
+        for rule in alerts["groups"][0]["rules"].as_array().expect("rules") {
+            let expr = rule["expr"].as_str().expect("expr");
+            let ast = promql_parser::parser::parse(expr)
+                .unwrap_or_else(|e| panic!("{}: {expr}: {e}", rule["alert"]));
+            let mut names = Vec::new();
+            selected(&ast, &mut names);
+            for name in names {
+                alerted += 1;
+                assert!(
+                    exported.contains(name.as_str()),
+                    "alert {} queries {name}, which the controller does not export",
+                    rule["alert"]
+                );
+            }
+        }
+        assert!(alerted >= 6, "{alerted}");
     }
 
     #[test]
