@@ -16,6 +16,7 @@
 mod finding;
 mod migrate;
 mod query;
+mod schema;
 mod steps;
 
 use std::collections::BTreeMap;
@@ -115,6 +116,13 @@ pub fn lint_document(doc: &serde_json::Value) -> Vec<Raw> {
         )),
         None => out.push(error("metadata.name", "missing")),
     }
+    // Every field that keeps the spec from decoding, at once; the judgments' own checks need it
+    // decoded.
+    let problems = schema::problems(&doc["spec"]);
+    if problems.iter().any(schema::blocks_decoding) {
+        out.extend(problems);
+        return out;
+    }
     match decode_spec(doc) {
         Err(e) => out.push(error(e.path, e.message)),
         Ok((spec, unknown)) => {
@@ -179,6 +187,15 @@ fn lint_spec(spec: &AnalysisTemplateSpec, out: &mut Vec<Raw>) {
                 format!("{:?} is not a duration: {e}", metric.interval.0),
             )),
         }
+        // The arguments a metric's queries use count as used even when the metric has another
+        // error: the warning would send the author after the wrong problem.
+        for query in all_queries(metric) {
+            for name in placeholders(query) {
+                if let Some(arg) = name.strip_prefix("args.") {
+                    used_args.push(arg.to_owned());
+                }
+            }
+        }
         let judge = match Judge::new(metric) {
             Ok(j) => j,
             Err(e) => {
@@ -193,11 +210,6 @@ fn lint_spec(spec: &AnalysisTemplateSpec, out: &mut Vec<Raw>) {
                 continue;
             }
             let path = format!("spec.{}", query_path(i, metric, role));
-            for name in placeholders(query) {
-                if let Some(arg) = name.strip_prefix("args.") {
-                    used_args.push(arg.to_owned());
-                }
-            }
             match check_template(query, &types) {
                 Err(e) => out.push(error(&path, e.to_string())),
                 Ok(probe) => lint_query(metric, role, query, &probe, &path, out),
@@ -309,6 +321,24 @@ fn check_ratio(v: f64, path: &str, out: &mut Vec<Raw>) {
             format!("{v} is below 1: a canary exactly as good as its baseline would fail"),
         ));
     }
+}
+
+/// Every query a metric holds, whichever judgments it sets.
+fn all_queries(metric: &Metric) -> Vec<&str> {
+    let mut out = Vec::new();
+    if let Some(t) = &metric.threshold {
+        out.push(t.query.as_str());
+    }
+    if let Some(r) = &metric.relative {
+        out.push(r.query.as_str());
+    }
+    if let Some(e) = &metric.error_rate {
+        out.extend([e.requests.as_str(), e.errors.as_str()]);
+    }
+    if let Some(l) = &metric.latency {
+        out.push(l.buckets.as_str());
+    }
+    out
 }
 
 fn check_share(v: f64, path: &str, out: &mut Vec<Raw>) {
@@ -463,6 +493,19 @@ mod tests {
             has(&found, "spec.metrics[1].threshold.query", "does not parse"),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn an_argument_used_by_a_metric_with_another_error_is_not_called_unused() {
+        // Two judgments in one metric is an error; its queries still use the argument.
+        let found = findings(serde_json::json!({
+            "args": [{"name": "route", "type": "string"}],
+            "metrics": [{"name": "m", "provider": "p",
+                "threshold": {"query": "up{a=\"{{arm}}\", r=\"{{args.route}}\"}", "max": 1},
+                "relative": {"query": "up{a=\"{{arm}}\"}", "maxRatio": 2}}]
+        }));
+        assert!(has(&found, "spec.metrics[0]", "more than one judgment"), "{found:#?}");
+        assert!(!has(&found, "spec.args[0]", "no query uses it"), "{found:#?}");
     }
 
     #[test]
