@@ -233,14 +233,20 @@ fn rendered_chart_is_hardened_and_its_toggles_work() {
     );
     assert_eq!(
         test["spec"]["containers"][0]["args"],
-        serde_json::json!(["probe", "http://rg-rollguard.rollguard-system.svc:8080/healthz"])
+        serde_json::json!([
+            "probe",
+            "http://rg-rollguard.rollguard-system.svc:8080/healthz"
+        ])
     );
     assert_eq!(
         test["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
         true
     );
     assert_eq!(
-        count(&render("rollguard-system", &["helmTest.enabled=false"]), "Pod"),
+        count(
+            &render("rollguard-system", &["helmTest.enabled=false"]),
+            "Pod"
+        ),
         0
     );
 

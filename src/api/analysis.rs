@@ -168,7 +168,7 @@ pub struct Threshold {
     pub max: Option<f64>,
 }
 
-/// canary ≤ baseline × maxRatio + maxDelta, on one query evaluated for each arm.
+/// Pass while canary ≤ baseline × maxRatio + maxDelta, on one query evaluated for each arm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Relative {

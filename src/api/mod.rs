@@ -25,6 +25,40 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         MetricProvider::crd(),
         Receiver::crd(),
     ]
+    .into_iter()
+    .map(unwrapped)
+    .collect()
+}
+
+/// The CRD with its descriptions as paragraphs: a doc comment's line breaks are where the
+/// source wrapped, not where `kubectl explain` should break a sentence. Blank lines (new
+/// paragraphs) stay.
+fn unwrapped(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = text
+                                .split("\n\n")
+                                .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                                .collect::<Vec<_>>()
+                                .join("\n\n");
+                        }
+                        other => walk(other),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// The file name a CRD is committed under in `crds/`.
@@ -96,6 +130,66 @@ mod tests {
 
     /// `kubectl explain` shows each description: a field without one is a field users must
     /// guess at.
+    /// Every description in the CRDs, as `kubectl explain` shows it: (where, text).
+    fn descriptions() -> Vec<(String, String)> {
+        fn walk(path: &str, node: &serde_json::Value, out: &mut Vec<(String, String)>) {
+            if let Some(d) = node["description"].as_str() {
+                out.push((path.to_owned(), d.to_owned()));
+            }
+            for (name, child) in node["properties"].as_object().into_iter().flatten() {
+                walk(&format!("{path}.{name}"), child, out);
+            }
+            if node["items"].is_object() {
+                walk(&format!("{path}[]"), &node["items"], out);
+            }
+            if node["additionalProperties"].is_object() {
+                walk(&format!("{path}{{}}"), &node["additionalProperties"], out);
+            }
+        }
+        let mut out = Vec::new();
+        for crd in crds() {
+            for v in &crd.spec.versions {
+                let schema = serde_json::to_value(
+                    v.schema
+                        .as_ref()
+                        .and_then(|s| s.open_api_v3_schema.as_ref()),
+                )
+                .unwrap_or_default();
+                walk(&crd.spec.names.kind, &schema, &mut out);
+            }
+        }
+        out
+    }
+
+    /// `kubectl explain` prints descriptions as paragraphs: each is whole sentences, starting
+    /// with a capital (a code span, or the field's own name as Kubernetes' types do) and ending
+    /// with a full stop, never cut mid-sentence by a line break.
+    #[test]
+    fn every_description_is_whole_sentences() {
+        let broken: Vec<String> = descriptions()
+            .into_iter()
+            .filter(|(path, d)| {
+                let d = d.trim();
+                let field = path.rsplit(['.', '[', '{']).next().unwrap_or("");
+                let starts = d
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit() || c == '`')
+                    || (!field.is_empty() && d.starts_with(&format!("{field} ")));
+                let ends = d.ends_with('.') || d.ends_with(".)") || d.ends_with('?');
+                let cut = d.replace("\n\n", " ").contains('\n');
+                !(starts && ends) || cut
+            })
+            .map(|(path, d)| format!("{path}: {d:?}"))
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "{} descriptions are not whole sentences:\n{}",
+            broken.len(),
+            broken.join("\n")
+        );
+    }
+
     #[test]
     fn every_kind_and_field_has_a_description() {
         let missing = undescribed();

@@ -95,8 +95,7 @@ pub struct ConfigHash {
     /// The object's name, in the Release's namespace.
     #[schemars(length(max = 253))]
     pub name: String,
-    /// sha256 of the ConfigMap's data and binaryData (hex); absent for a Secret, or for a
-    /// ConfigMap that was missing or could not be read.
+    /// Hex sha256 of the ConfigMap's data and binaryData; none for a Secret or a missing ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub sha256: Option<String>,
@@ -190,7 +189,7 @@ pub struct Override {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
-    /// promote, abort, pause, resume, rollback, override, …
+    /// What was done, e.g. promote, abort, pause, resume, rollback or override.
     pub action: String,
     /// Who acted, as the apiserver named them.
     pub by: String,

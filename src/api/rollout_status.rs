@@ -151,10 +151,10 @@ pub struct MetricEvidence {
     pub reason: String,
     /// RFC 3339 time of the measurement.
     pub at: String,
-    /// e.g. `canary 12/1500, baseline 9/13400`: events over requests per arm.
+    /// Events over requests per arm, e.g. `canary 12/1500, baseline 9/13400`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<String>,
-    /// e.g. `ln e = 5.2 ≥ 4.6`.
+    /// The statistic the verdict was decided on, against its bound, e.g. `ln e = 5.2 ≥ 4.6`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistic: Option<String>,
     /// RFC 3339: when the change detector failed the canary, the moment its evidence counts
@@ -178,7 +178,7 @@ pub struct MetricEvidence {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryValue {
-    /// `canary requests`, `baseline errors`, …
+    /// The arm and what the query measures, e.g. `canary requests` or `baseline errors`.
     pub name: String,
     /// The query as sent, placeholders filled.
     pub promql: String,
@@ -407,7 +407,7 @@ pub struct OutboxEntry {
 pub struct TimelineEntry {
     /// When it happened (RFC 3339).
     pub at: String,
-    /// A short CamelCase word: CanaryStarted, StepAdvanced, Promoted, RollbackStarted, …
+    /// A short CamelCase word, e.g. CanaryStarted, StepAdvanced, Promoted or RollbackStarted.
     pub reason: String,
     /// What happened, in words.
     pub message: String,
@@ -508,7 +508,7 @@ pub struct LogLine {
 pub struct RequestOutcome {
     /// The request's id, as the CLI made it.
     pub id: String,
-    /// promote, abort, pause, resume, resolve or rollback.
+    /// The request's action: promote, abort, pause, resume, resolve or rollback.
     pub action: String,
     /// Who sent it, as the apiserver named them.
     pub by: String,

@@ -492,11 +492,12 @@ async fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<reqwes
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the HTTP client")?;
-    let answer = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("{url}: no answer within {}", humantime::format_duration(timeout)))?;
+    let answer = client.get(url).send().await.with_context(|| {
+        format!(
+            "{url}: no answer within {}",
+            humantime::format_duration(timeout)
+        )
+    })?;
     Ok(answer.status())
 }
 

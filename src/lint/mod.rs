@@ -504,8 +504,14 @@ mod tests {
                 "threshold": {"query": "up{a=\"{{arm}}\", r=\"{{args.route}}\"}", "max": 1},
                 "relative": {"query": "up{a=\"{{arm}}\"}", "maxRatio": 2}}]
         }));
-        assert!(has(&found, "spec.metrics[0]", "more than one judgment"), "{found:#?}");
-        assert!(!has(&found, "spec.args[0]", "no query uses it"), "{found:#?}");
+        assert!(
+            has(&found, "spec.metrics[0]", "more than one judgment"),
+            "{found:#?}"
+        );
+        assert!(
+            !has(&found, "spec.args[0]", "no query uses it"),
+            "{found:#?}"
+        );
     }
 
     #[test]

@@ -39,7 +39,11 @@ fn walk(value: &Value, schema: &Value, path: &str, out: &mut Vec<Raw>) {
     {
         out.push(error(
             path,
-            format!("invalid type: expected {}, found {}", article(kind), describe(value)),
+            format!(
+                "invalid type: expected {}, found {}",
+                article(kind),
+                describe(value)
+            ),
         ));
         return;
     }
@@ -141,10 +145,16 @@ mod tests {
         });
         let found = problems(&spec);
         for (path, words) in [
-            ("spec.metrics[0].threshold.max", "invalid type: expected a number, found the string \"high\""),
+            (
+                "spec.metrics[0].threshold.max",
+                "invalid type: expected a number, found the string \"high\"",
+            ),
             ("spec.metrics[1].provider", "missing"),
             ("spec.metrics[2].interval", "expected a string"),
-            ("spec.metrics[2].errorRate.minRequests", "expected an integer"),
+            (
+                "spec.metrics[2].errorRate.minRequests",
+                "expected an integer",
+            ),
             ("spec.metrics[3].onNoData", "is not one of"),
             ("spec.metrics[3].frequency", "unknown field"),
             ("spec.onInconclusive", "\"Shrug\" is not one of"),
