@@ -72,9 +72,23 @@ pub async fn submit(
     mut request: Request,
 ) -> anyhow::Result<Request> {
     let api = Api::<Rollout>::namespaced(client.clone(), namespace);
-    api.get(rollout)
+    let ro = api
+        .get(rollout)
         .await
         .with_context(|| format!("Rollout {namespace}/{rollout}"))?;
+    // One request at a time: a request the controller has not answered yet is never replaced
+    // unseen. The patch carries the resourceVersion read here, so two senders cannot both
+    // write.
+    if let Some(p) = pending(&ro) {
+        anyhow::bail!(
+            "Rollout {namespace}/{rollout} still has a request the controller has not answered: \
+             {} by {} ({}). Wait for it (`rollguard status {rollout}`), or withdraw it with \
+             `kubectl annotate rollout {rollout} -n {namespace} {REQUEST_ANNOTATION}-`",
+            p.action,
+            p.by,
+            p.id
+        );
+    }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -82,14 +96,37 @@ pub async fn submit(
     request.id = format!("{action}-{nanos:x}");
     request.by = whoami(client).await?;
     let text = serde_json::to_string(&request)?;
+    let version = ro.metadata.resource_version.clone().unwrap_or_default();
     api.patch(
         rollout,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {REQUEST_ANNOTATION: text}}})),
+        &Patch::Merge(json!({"metadata": {
+            "resourceVersion": version,
+            "annotations": {REQUEST_ANNOTATION: text},
+        }})),
     )
     .await
-    .with_context(|| format!("sending {action} to Rollout {namespace}/{rollout}"))?;
+    .map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 409 => anyhow::anyhow!(
+            "Rollout {namespace}/{rollout} changed while {action} was being sent (another \
+             request, or the controller); nothing was sent: run it again"
+        ),
+        e => anyhow::Error::new(e)
+            .context(format!("sending {action} to Rollout {namespace}/{rollout}")),
+    })?;
     Ok(request)
+}
+
+/// The request on a Rollout that the controller has neither acted on nor answered, if any.
+pub fn pending(ro: &Rollout) -> Option<Request> {
+    let text = ro.annotations().get(REQUEST_ANNOTATION)?;
+    let request: Request = serde_json::from_str(text).ok()?;
+    let status = ro.status.as_ref();
+    let acted_on = status.and_then(|s| s.acknowledged_request.as_deref()) == Some(&request.id);
+    let answered = status
+        .and_then(|s| s.request_outcome.as_ref())
+        .is_some_and(|o| o.id == request.id);
+    (!acted_on && !answered).then_some(request)
 }
 
 /// Waits for the controller's answer to request `id`: accepted or refused, and why. The
@@ -615,6 +652,43 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_request_is_pending_until_the_controller_acts_on_or_answers_it() {
+        let r = Request {
+            id: "abort-1".into(),
+            action: RequestAction::Abort,
+            by: "alice".into(),
+            reason: None,
+            to: None,
+            unstable: None,
+            warnings: Vec::new(),
+        };
+        let mut ro = rollout(RolloutStatus::default());
+        assert_eq!(pending(&ro), None, "no annotation");
+        ro.metadata.annotations = Some(
+            [(
+                REQUEST_ANNOTATION.to_owned(),
+                serde_json::to_string(&r).expect("json"),
+            )]
+            .into(),
+        );
+        assert_eq!(pending(&ro).map(|p| p.id), Some("abort-1".into()));
+        ro.status = Some(RolloutStatus {
+            acknowledged_request: Some("abort-1".into()),
+            ..RolloutStatus::default()
+        });
+        assert_eq!(pending(&ro), None, "acted on");
+        ro.status = Some(RolloutStatus {
+            acknowledged_request: Some("pause-0".into()),
+            request_outcome: Some(crate::api::rollout::RequestOutcome {
+                id: "abort-1".into(),
+                ..Default::default()
+            }),
+            ..RolloutStatus::default()
+        });
+        assert_eq!(pending(&ro), None, "answered");
     }
 
     #[test]

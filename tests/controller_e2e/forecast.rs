@@ -60,22 +60,40 @@ async fn forecast_then_pass(prefix: &str, profile: &'static str, cap: Duration) 
     let message = fx.status().await.message.unwrap_or_default();
     assert!(message.contains("step 1 of 1"), "{message}");
     // Promoted within the forecast's p90 from when it was shown, and never before the step's
-    // 60 s.
+    // 60 s. A p90 beyond `cap` cannot be checked here: the test says so and stops at the cap.
     let within = (shown_after + p90).max(Duration::from_secs(60)) + Duration::from_secs(10);
     let deadline = within.min(cap);
-    let s = fx
-        .wait_phase(
-            RolloutPhase::Stable,
-            Some(GOOD_B),
-            deadline.saturating_sub(weighted.elapsed()),
-        )
-        .await;
-    let took = weighted.elapsed();
-    println!("promoted {took:.0?} after the weight; the forecast's p90 allowed {within:.0?}");
-    assert!(took >= Duration::from_secs(60), "{took:?}");
-    let reasons: Vec<&str> = s.timeline.iter().map(|t| t.reason.as_str()).collect();
-    assert!(!reasons.contains(&"LeftWithoutPass"), "{reasons:?}");
+    loop {
+        let s = fx.status().await;
+        let promoted = s.phase == Some(RolloutPhase::Stable)
+            && s.stable.as_ref().is_some_and(|r| r.digest == GOOD_B);
+        let took = weighted.elapsed();
+        if promoted {
+            println!(
+                "promoted {took:.0?} after the weight; the forecast's p90 allowed {within:.0?}"
+            );
+            assert!(took >= Duration::from_secs(60), "{took:?}");
+            let reasons: Vec<&str> = s.timeline.iter().map(|t| t.reason.as_str()).collect();
+            assert!(!reasons.contains(&"LeftWithoutPass"), "{reasons:?}");
+            break;
+        }
+        if took > deadline {
+            assert!(
+                within > cap,
+                "not promoted within the forecast's p90 ({within:?}); status: {}",
+                serde_json::to_string_pretty(&s).unwrap_or_default()
+            );
+            println!(
+                "not promoted within {cap:?}, the test's cap; the forecast's p90 ({within:.0?}) \
+                 lies beyond it, so it was not contradicted; last message: {:?}",
+                s.message
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     drop(controller);
+    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -139,4 +157,5 @@ async fn under_no_fail_a_healthy_low_traffic_canary_is_promoted_at_the_end_of_it
         "{notes:?}"
     );
     drop(controller);
+    fx.cleanup().await;
 }

@@ -349,3 +349,39 @@ async fn the_preflight_says_what_a_rollback_cannot_restore() {
     );
     fx.cleanup().await;
 }
+
+/// One request at a time: while the controller has not answered a request, a second one is
+/// refused with who sent the first, never written over it; withdrawn, the slot is free again.
+/// No controller runs here, so the first request stays unanswered.
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_request_the_controller_has_not_answered_is_never_replaced_unseen() {
+    let fx = Fixture::new("ctl-pending", &Scenario::default()).await;
+    let ns = fx.ns.name.clone();
+    let first = rollguard(&["pause", "web", "-n", &ns, "--no-wait"]);
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+    let second = rollguard(&["abort", "web", "-n", &ns, "--reason", "pager", "--no-wait"]);
+    assert!(!second.ok, "{}{}", second.stdout, second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("still has a request the controller has not answered: pause by"),
+        "{}",
+        second.stderr
+    );
+    let ro = fx.rollouts.get("web").await.expect("web");
+    let text = ro
+        .metadata
+        .annotations
+        .and_then(|a| a.get("rollguard.dev/request").cloned())
+        .unwrap_or_default();
+    assert!(text.contains("\"pause\""), "the first request stays: {text}");
+    run_ok(
+        "kubectl",
+        &["annotate", "rollout", "web", "-n", &ns, "rollguard.dev/request-"],
+        None,
+    );
+    let third = rollguard(&["abort", "web", "-n", &ns, "--reason", "pager", "--no-wait"]);
+    assert!(third.ok, "{}{}", third.stdout, third.stderr);
+    fx.cleanup().await;
+}
