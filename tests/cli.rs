@@ -124,3 +124,82 @@ fn probe_exits_zero_only_on_a_success_answer() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("http:// or https://"), "{stderr}");
 }
+
+/// `scripts/krew-manifest`: one platform per release archive, with the archive's URL and its
+/// exact sha256, the version of this build, and the plugin binary krew puts on PATH; a badly
+/// named or incomplete archive is refused.
+#[test]
+fn the_krew_manifest_names_each_archive_with_its_sha256() {
+    use sha2::Digest as _;
+    let dir = std::env::temp_dir().join(format!("rollguard-krew-{}", std::process::id()));
+    let stage = dir.join("stage");
+    std::fs::create_dir_all(&stage).expect("dir");
+    for f in ["kubectl-rollguard", "LICENSE"] {
+        std::fs::write(stage.join(f), format!("{f}\n")).expect("write");
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let archive = dir.join(format!("rollguard-v{version}-linux-amd64.tar.gz"));
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&stage)
+        .arg("-czf")
+        .arg(&archive)
+        .args(["kubectl-rollguard", "LICENSE"])
+        .status()
+        .expect("tar runs");
+    assert!(tar.success());
+    let script = root().join("scripts/krew-manifest");
+    let out = Command::new(&script)
+        .args([
+            "--version",
+            version,
+            "--base-url",
+            "https://releases.example/v1",
+            "--homepage",
+            "https://rollguard.example",
+        ])
+        .arg(&archive)
+        .output()
+        .expect("the script runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "rollguard");
+    assert_eq!(manifest["spec"]["version"], format!("v{version}"));
+    let p = &manifest["spec"]["platforms"][0];
+    assert_eq!(p["selector"]["matchLabels"]["os"], "linux");
+    assert_eq!(p["bin"], "kubectl-rollguard");
+    assert_eq!(
+        p["uri"],
+        format!("https://releases.example/v1/rollguard-v{version}-linux-amd64.tar.gz")
+    );
+    let bytes = std::fs::read(&archive).expect("archive");
+    assert_eq!(p["sha256"], hex(&sha2::Sha256::digest(&bytes)));
+
+    let wrong = dir.join("rollguard-linux.tar.gz");
+    std::fs::copy(&archive, &wrong).expect("copy");
+    let out = Command::new(&script)
+        .args([
+            "--version",
+            version,
+            "--base-url",
+            "https://r.example",
+            "--homepage",
+            "https://h.example",
+        ])
+        .arg(&wrong)
+        .output()
+        .expect("the script runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/package"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -375,10 +375,20 @@ async fn a_request_the_controller_has_not_answered_is_never_replaced_unseen() {
         .annotations
         .and_then(|a| a.get("rollguard.dev/request").cloned())
         .unwrap_or_default();
-    assert!(text.contains("\"pause\""), "the first request stays: {text}");
+    assert!(
+        text.contains("\"pause\""),
+        "the first request stays: {text}"
+    );
     run_ok(
         "kubectl",
-        &["annotate", "rollout", "web", "-n", &ns, "rollguard.dev/request-"],
+        &[
+            "annotate",
+            "rollout",
+            "web",
+            "-n",
+            &ns,
+            "rollguard.dev/request-",
+        ],
         None,
     );
     let third = rollguard(&["abort", "web", "-n", &ns, "--reason", "pager", "--no-wait"]);
