@@ -79,6 +79,34 @@ pub struct Statistic {
     pub threshold: f64,
 }
 
+impl Statistic {
+    /// The statistic for people: its value and bound with the digits that matter. A value at
+    /// the floor of the scale (no evidence at all, e = 0) reads as such, not as 300 digits.
+    pub fn text(&self) -> String {
+        let number = |x: f64| {
+            if x <= -1e299 || x == f64::NEG_INFINITY {
+                "−∞".to_owned()
+            } else if x.is_nan() {
+                "n/a".to_owned()
+            } else if x.abs() >= 1e6 {
+                format!("{x:.3e}")
+            } else {
+                format!("{x:.3}")
+            }
+        };
+        let mut text = format!(
+            "{} = {} against {}",
+            self.name,
+            number(self.value),
+            number(self.threshold)
+        );
+        if self.value <= -1e299 {
+            text.push_str(" (the canary is not worse by enough to matter)");
+        }
+        text
+    }
+}
+
 /// What one measurement of a judgment concluded.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -28,8 +28,17 @@ pub struct BacktestArgs {
     #[arg(long, default_value = "default")]
     pub(super) namespace: String,
     /// The Rollout's name: the arms are `<rollout>-canary` and `<rollout>-stable`.
-    #[arg(long, required_unless_present_all = ["canary", "baseline"])]
+    #[arg(
+        long,
+        required_unless_present_all = ["canary", "baseline"],
+        required_unless_present = "release"
+    )]
     pub(super) rollout: Option<String>,
+    /// Replay one Release's canary: the window runs from the Release's creation to its verdict
+    /// (a minute past it) or now, and the Rollout is the Release's. Read from the cluster, in
+    /// --namespace.
+    #[arg(long, conflicts_with = "from")]
+    pub(super) release: Option<String>,
     /// The Deployment `{{arm}}` names for the canary (default `<rollout>-canary`).
     #[arg(long)]
     pub(super) canary: Option<String>,
@@ -37,11 +46,11 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub(super) baseline: Option<String>,
     /// Start: RFC 3339, unix seconds, or `now-1h`.
+    #[arg(long, required_unless_present = "release")]
+    pub(super) from: Option<String>,
+    /// End: RFC 3339, unix seconds, or `now` (the default, or the Release's verdict).
     #[arg(long)]
-    pub(super) from: String,
-    /// End: RFC 3339, unix seconds, or `now`.
-    #[arg(long, default_value = "now")]
-    pub(super) to: String,
+    pub(super) to: Option<String>,
     /// How often the controller evaluates; each metric is measured on its own interval.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(super) step: std::time::Duration,
@@ -52,10 +61,27 @@ pub struct BacktestArgs {
     pub(super) output: Output,
 }
 
-pub(super) async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
+pub(super) async fn backtest(mut a: BacktestArgs) -> anyhow::Result<()> {
     let now = crate::time::unix_now();
-    let from = parse_time(&a.from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
-    let to = parse_time(&a.to, now).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    let (from, to) = match a.release.clone() {
+        Some(name) => {
+            let (rollout, created, verdict) = release_canary(&a.namespace, &name).await?;
+            a.rollout.get_or_insert(rollout);
+            let (from, until) = release_window(created, verdict, now);
+            let to = match &a.to {
+                Some(t) => parse_time(t, now).map_err(|e| anyhow::anyhow!("--to {e}"))?,
+                None => until,
+            };
+            (from, to)
+        }
+        None => {
+            let from = a.from.as_deref().unwrap_or("now-1h");
+            let from = parse_time(from, now).map_err(|e| anyhow::anyhow!("--from {e}"))?;
+            let to = parse_time(a.to.as_deref().unwrap_or("now"), now)
+                .map_err(|e| anyhow::anyhow!("--to {e}"))?;
+            (from, to)
+        }
+    };
     anyhow::ensure!(
         from <= to,
         "--from {} is after --to {}",
@@ -186,6 +212,34 @@ pub(super) async fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Release's Rollout, when it was created (its canary's start), and when its verdict was
+/// reached, if it was judged Unstable.
+async fn release_canary(namespace: &str, name: &str) -> anyhow::Result<(String, i64, Option<i64>)> {
+    use kube::{Api, ResourceExt as _};
+    let (client, namespace) = crate::ops::client_and_namespace(Some(namespace.to_owned())).await?;
+    let release = Api::<crate::api::release::Release>::namespaced(client, &namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("--release: Release {namespace}/{name}"))?;
+    let created = release
+        .creation_timestamp()
+        .map(|t| t.0.as_second())
+        .with_context(|| format!("--release: Release {namespace}/{name} has no creation time"))?;
+    let verdict = release
+        .status
+        .as_ref()
+        .and_then(|s| s.verdict.as_ref())
+        .and_then(|v| parse_time(&v.at, created).ok());
+    Ok((release.spec.rollout.clone(), created, verdict))
+}
+
+/// The window of a Release's canary: from its creation to a minute past its verdict (the
+/// evidence around it), or to `now` when it has none; never past `now`.
+pub(super) fn release_window(created: i64, verdict: Option<i64>, now: i64) -> (i64, i64) {
+    let to = verdict.map_or(now, |v| (v + 60).min(now));
+    (created, to.max(created))
+}
+
 fn describe(d: &Decision) -> String {
     match d {
         Decision::Running => "collecting evidence".into(),
@@ -215,10 +269,7 @@ fn print_evidence(m: &Measurement, from: i64) {
     );
     println!("  reason:    {}", m.outcome.reason);
     if let Some(s) = &m.outcome.statistic {
-        println!(
-            "  statistic: {} = {:.3} against {:.3}",
-            s.name, s.value, s.threshold
-        );
+        println!("  statistic: {}", s.text());
     }
     for (arm, counts) in [
         (Cohort::Canary, m.outcome.canary),

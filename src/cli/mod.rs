@@ -562,6 +562,48 @@ mod tests {
         let mut bad = base.to_vec();
         bad.extend(["--rollout", "x", "--arg", "novalue"]);
         assert!(Cli::try_parse_from(bad).is_err());
+        // --release stands for the window and the Rollout; it does not mix with --from.
+        let release = [
+            "rollguard",
+            "backtest",
+            "--prometheus",
+            "http://127.0.0.1:9090",
+            "--template",
+            "t.yaml",
+            "--release",
+            "web-cccccccccc",
+        ];
+        let cli = Cli::try_parse_from(release).expect("--release alone");
+        let Command::Backtest(a) = cli.command else {
+            panic!("backtest");
+        };
+        assert_eq!(a.release.as_deref(), Some("web-cccccccccc"));
+        let mut both = release.to_vec();
+        both.extend(["--from", "now-1h"]);
+        assert_eq!(
+            Cli::try_parse_from(both).expect_err("both").kind(),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+        let no_window = &release[..6];
+        assert_eq!(
+            Cli::try_parse_from(no_window)
+                .expect_err("no window")
+                .kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn a_releases_window_runs_from_its_creation_to_a_minute_past_its_verdict() {
+        assert_eq!(
+            backtest::release_window(1000, Some(1300), 5000),
+            (1000, 1360)
+        );
+        assert_eq!(backtest::release_window(1000, None, 5000), (1000, 5000));
+        assert_eq!(
+            backtest::release_window(1000, Some(4990), 5000),
+            (1000, 5000)
+        );
     }
 
     #[test]

@@ -335,32 +335,6 @@ pub fn forecast(o: &Outlook) -> PassForecast {
     }
 }
 
-/// A statistic for people: its value and bound with the digits that matter. A value at the
-/// floor of the scale (no evidence at all, e = 0) reads as such, not as 300 digits.
-pub fn statistic_text(s: &Statistic) -> String {
-    let number = |x: f64| {
-        if x <= -1e299 || x == f64::NEG_INFINITY {
-            "−∞".to_owned()
-        } else if x.is_nan() {
-            "n/a".to_owned()
-        } else if x.abs() >= 1e6 {
-            format!("{x:.3e}")
-        } else {
-            format!("{x:.3}")
-        }
-    };
-    let mut text = format!(
-        "{} = {} against {}",
-        s.name,
-        number(s.value),
-        number(s.threshold)
-    );
-    if s.value <= -1e299 {
-        text.push_str(" (the canary is not worse by enough to matter)");
-    }
-    text
-}
-
 /// A measurement as the status and the Release keep it.
 pub fn evidence(m: &Measurement) -> MetricEvidence {
     let o = &m.outcome;
@@ -383,7 +357,7 @@ pub fn evidence(m: &Measurement) -> MetricEvidence {
         counts,
         worse_since: o.worse_since.map(format_time),
         source: None,
-        statistic: o.statistic.as_ref().map(statistic_text),
+        statistic: o.statistic.as_ref().map(Statistic::text),
         queries: m
             .queries
             .iter()
@@ -420,21 +394,23 @@ mod tests {
 
     #[test]
     fn a_statistic_at_the_floor_of_its_scale_reads_in_words_not_300_digits() {
-        let text = statistic_text(&Statistic {
+        let text = (Statistic {
             name: "ln e, canary worse".into(),
             value: -1e300,
             threshold: 4.892,
-        });
+        })
+        .text();
         assert_eq!(
             text,
             "ln e, canary worse = −∞ against 4.892 (the canary is not worse by enough to matter)"
         );
         assert!(text.len() < 120, "{text}");
-        let big = statistic_text(&Statistic {
+        let big = Statistic {
             name: "canary value".into(),
             value: 12_345_678.0,
             threshold: 2.5,
-        });
+        }
+        .text();
         assert_eq!(big, "canary value = 1.235e7 against 2.500");
     }
 

@@ -207,6 +207,55 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back_then_blocked() {
         "{ev:?}"
     );
 
+    // The backtest of that Release alone: its window and Rollout from the cluster, the
+    // template as the cluster holds it, the same real Prometheus; it finds the Fail.
+    let template = std::env::temp_dir().join(format!("{}-golden.yaml", fx.ns.name));
+    std::fs::write(
+        &template,
+        run_ok(
+            "kubectl",
+            &[
+                "get",
+                "analysistemplate",
+                "golden",
+                "-n",
+                &fx.ns.name,
+                "-o",
+                "yaml",
+            ],
+            None,
+        ),
+    )
+    .expect("template file");
+    let bad_release = format!("web-{}", &BAD_C[7..17]);
+    let replay = run(
+        env!("CARGO_BIN_EXE_rollguard"),
+        &[
+            "backtest",
+            "--prometheus",
+            &prometheus_url(),
+            "--template",
+            &template.display().to_string(),
+            "--namespace",
+            &fx.ns.name,
+            "--release",
+            &bad_release,
+            "--step",
+            "2s",
+        ],
+        None,
+    );
+    let _ = std::fs::remove_file(&template);
+    assert!(
+        replay.ok
+            && replay.stdout.contains("first Fail:")
+            && replay.stdout.contains("\"error-rate\"")
+            && replay.stdout.contains("canary \"web-canary\""),
+        "{}{}",
+        replay.stdout,
+        replay.stderr
+    );
+
     // A request that does not apply is refused, and the command says so (exit non-zero).
     let r = run(
         env!("CARGO_BIN_EXE_rollguard"),
