@@ -109,27 +109,40 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        for crd in crds() {
-            let kind = crd.spec.names.kind.clone();
-            for v in &crd.spec.versions {
-                let schema = serde_json::to_value(
-                    v.schema
-                        .as_ref()
-                        .and_then(|s| s.open_api_v3_schema.as_ref()),
-                )
-                .unwrap_or_default();
-                let top = schema["description"].as_str().unwrap_or("");
-                if top.is_empty() || top.starts_with("Auto-generated") {
-                    out.push(format!("{kind} (the kind itself): {top:?}"));
-                }
-                walk(&kind, "", &schema, &mut out);
+        for (kind, schema) in schemas() {
+            let top = schema["description"].as_str().unwrap_or("");
+            if top.is_empty() || top.starts_with("Auto-generated") {
+                out.push(format!("{kind} (the kind itself): {top:?}"));
             }
+            walk(&kind, "", &schema, &mut out);
         }
         out
     }
 
-    /// `kubectl explain` shows each description: a field without one is a field users must
-    /// guess at.
+    /// Each kind's OpenAPI schema, per served version.
+    fn schemas() -> Vec<(String, serde_json::Value)> {
+        crds()
+            .into_iter()
+            .flat_map(|crd| {
+                let kind = crd.spec.names.kind.clone();
+                crd.spec
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        let schema = v
+                            .schema
+                            .as_ref()
+                            .and_then(|s| s.open_api_v3_schema.as_ref());
+                        (
+                            kind.clone(),
+                            serde_json::to_value(schema).unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Every description in the CRDs, as `kubectl explain` shows it: (where, text).
     fn descriptions() -> Vec<(String, String)> {
         fn walk(path: &str, node: &serde_json::Value, out: &mut Vec<(String, String)>) {
@@ -147,16 +160,8 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        for crd in crds() {
-            for v in &crd.spec.versions {
-                let schema = serde_json::to_value(
-                    v.schema
-                        .as_ref()
-                        .and_then(|s| s.open_api_v3_schema.as_ref()),
-                )
-                .unwrap_or_default();
-                walk(&crd.spec.names.kind, &schema, &mut out);
-            }
+        for (kind, schema) in schemas() {
+            walk(&kind, &schema, &mut out);
         }
         out
     }
@@ -190,6 +195,8 @@ mod tests {
         );
     }
 
+    /// `kubectl explain` shows each description: a field without one is a field users must
+    /// guess at.
     #[test]
     fn every_kind_and_field_has_a_description() {
         let missing = undescribed();

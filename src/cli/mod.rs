@@ -553,10 +553,7 @@ mod tests {
             "--step",
             "5s",
         ]);
-        let cli = Cli::try_parse_from(with).expect("valid");
-        let Command::Backtest(a) = cli.command else {
-            panic!("backtest");
-        };
+        let a = backtest_args(&with);
         assert_eq!(a.args, vec![("route".to_owned(), "/pay".to_owned())]);
         assert_eq!(a.step, std::time::Duration::from_secs(5));
         let mut bad = base.to_vec();
@@ -573,11 +570,10 @@ mod tests {
             "--release",
             "web-cccccccccc",
         ];
-        let cli = Cli::try_parse_from(release).expect("--release alone");
-        let Command::Backtest(a) = cli.command else {
-            panic!("backtest");
-        };
-        assert_eq!(a.release.as_deref(), Some("web-cccccccccc"));
+        assert_eq!(
+            backtest_args(&release).release.as_deref(),
+            Some("web-cccccccccc")
+        );
         let mut both = release.to_vec();
         both.extend(["--from", "now-1h"]);
         assert_eq!(
@@ -591,6 +587,13 @@ mod tests {
                 .kind(),
             clap::error::ErrorKind::MissingRequiredArgument
         );
+    }
+
+    fn backtest_args(argv: &[&str]) -> backtest::BacktestArgs {
+        match Cli::try_parse_from(argv).expect("valid").command {
+            Command::Backtest(a) => *a,
+            other => panic!("not a backtest: {other:?}"),
+        }
     }
 
     #[test]
