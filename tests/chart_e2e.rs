@@ -727,6 +727,18 @@ async fn forged_requester_names_are_refused_at_admission() {
         )
         .await
         .expect("her own name is admitted");
+    // No controller answers here: the request is withdrawn, as the CLI says to, so that the next
+    // one is not refused as replacing it.
+    rollouts
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"rollguard.dev/request": null}}}),
+            ),
+        )
+        .await
+        .expect("an unanswered request is withdrawn");
     // What the CLI sends: the name from a SelfSubjectReview.
     let sent = rollguard::ops::request(&alice, &ns.name, "web", RequestAction::Pause, None)
         .await
