@@ -436,13 +436,17 @@ impl AnalysisRun {
     }
 
     /// Whether every acting metric that counts requests (errorRate, latency) has seen the
-    /// canary serve its `minRequests`; metrics that count none do not stand in the way.
+    /// canary serve its `minRequests`; metrics that count none do not stand in the way. A run
+    /// with no acting metric (all dry-run) never has: `noFail` must not become promotion on
+    /// timing alone by a template that judges nothing.
     pub fn served_min_requests(&self) -> bool {
-        self.metrics.iter().filter(|m| !m.metric.dry_run).all(|m| {
-            let counts = m.metric.error_rate.is_some() || m.metric.latency.is_some();
-            let served = m.last.as_ref().and_then(|l| l.outcome.served_min_requests);
-            served.unwrap_or(!counts)
-        })
+        let acting: Vec<&MetricRun> = self.metrics.iter().filter(|m| !m.metric.dry_run).collect();
+        !acting.is_empty()
+            && acting.iter().all(|m| {
+                let counts = m.metric.error_rate.is_some() || m.metric.latency.is_some();
+                let served = m.last.as_ref().and_then(|l| l.outcome.served_min_requests);
+                served.unwrap_or(!counts)
+            })
     }
 
     /// The run-level decision from the latest measurements.

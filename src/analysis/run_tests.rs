@@ -371,3 +371,38 @@ fn a_faster_cadence_counts_problems_once_per_interval() {
     run.record(0, &[one(110.0), one(1.0), one(140.0), one(1.0)], 22);
     assert_eq!(run.decision(), Decision::Running);
 }
+
+#[test]
+fn min_requests_are_served_only_when_every_acting_counting_metric_says_so() {
+    let run = AnalysisRun::new(
+        &spec(serde_json::json!([
+            threshold("up", serde_json::json!({})),
+            error_rate("errors", "prom")
+        ])),
+        &target(),
+    )
+    .expect("run");
+    assert!(
+        !run.served_min_requests(),
+        "the errorRate metric has not been measured"
+    );
+    // All dry-run: nothing acts, so nothing was served, whatever the threshold says.
+    let mut shadow = AnalysisRun::new(
+        &spec(serde_json::json!([threshold(
+            "up",
+            serde_json::json!({"dryRun": true})
+        )])),
+        &target(),
+    )
+    .expect("run");
+    shadow.record(0, &[one(0.5)], 0);
+    assert!(!shadow.served_min_requests());
+    // Only a threshold acting: it counts no requests and does not stand in the way.
+    let mut plain = AnalysisRun::new(
+        &spec(serde_json::json!([threshold("up", serde_json::json!({}))])),
+        &target(),
+    )
+    .expect("run");
+    plain.record(0, &[one(0.5)], 0);
+    assert!(plain.served_min_requests());
+}
