@@ -10,7 +10,9 @@
 //!   would do), and the clock stops when it has every replica ready.
 //!
 //! Both are watched every 100 ms. `cargo bench --bench manual_rollback` (5 runs) or
-//! `-- --runs N`. The controller's log is `target/manual-rollback.log`.
+//! `-- --runs N`. With `-- --redeploy`, `rollguard redeploy --to A` instead (A's image on B's
+//! environment, through a Release the controller makes first), against the twin given the same
+//! image and environment. The controller's log is `target/manual-rollback.log`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -33,6 +35,11 @@ const READY_DELAY: &str = "2s";
 /// A Deployment of `name` on `digest`: the same template the Rollout's target and the twin
 /// carry, with the arms' strategy.
 fn deployment(name: &str, app: &str, digest: &str) -> Value {
+    redeployed(name, app, digest, digest)
+}
+
+/// As [`deployment`], with the image of `digest` and the environment of `config`.
+fn redeployed(name: &str, app: &str, digest: &str, config: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {
@@ -43,7 +50,7 @@ fn deployment(name: &str, app: &str, digest: &str) -> Value {
                 "metadata": {"labels": {"app": app},
                              "annotations": {"pod-ready.stage.kwok.x-k8s.io/delay": READY_DELAY}},
                 "spec": {"containers": [{"name": "web", "image": format!("registry.example/web@{digest}"),
-                                         "env": [{"name": "RELEASE", "value": &digest[7..12]}]}]},
+                                         "env": [{"name": "RELEASE", "value": &config[7..12]}]}]},
             },
         },
     })
@@ -80,7 +87,7 @@ async fn until_rolled_out(api: &Api<Deployment>, name: &str, digest: &str, start
     start.elapsed().as_secs_f64()
 }
 
-async fn one_run() -> (f64, f64) {
+async fn one_run(redeploy: bool) -> (f64, f64) {
     let ns = TestNamespace::create("mrb").await;
     let deployments = Api::<Deployment>::namespaced(ns.client.clone(), &ns.name);
     let rollouts = Api::<Rollout>::namespaced(ns.client.clone(), &ns.name);
@@ -143,7 +150,11 @@ async fn one_run() -> (f64, f64) {
         "web",
         Request {
             id: String::new(),
-            action: RequestAction::Rollback,
+            action: if redeploy {
+                RequestAction::Redeploy
+            } else {
+                RequestAction::Rollback
+            },
             by: String::new(),
             reason: Some("benchmark".into()),
             to: Some(format!("web-{}", &A[7..17])),
@@ -156,7 +167,12 @@ async fn one_run() -> (f64, f64) {
     let rollback = until_rolled_out(&deployments, "web-stable", A, start).await;
 
     let start = Instant::now();
-    apply(deployment("twin", "twin", A)).await;
+    apply(if redeploy {
+        redeployed("twin", "twin", A, B)
+    } else {
+        deployment("twin", "twin", A)
+    })
+    .await;
     let plain = until_rolled_out(&deployments, "twin", A, start).await;
     ns.cleanup().await;
     (rollback, plain)
@@ -169,6 +185,8 @@ async fn main() {
         .nth(1)
         .map(|n| n.parse().expect("--runs N"))
         .unwrap_or(5);
+    let redeploy = std::env::args().any(|a| a == "--redeploy");
+    let verb = if redeploy { "redeploy" } else { "rollback" };
     let client = client().await;
     install_crds(&client).await;
     let log = repo_root().join("target/manual-rollback.log");
@@ -183,9 +201,9 @@ async fn main() {
     );
     let mut rows = Vec::new();
     for i in 0..runs {
-        let (rollback, plain) = one_run().await;
+        let (rollback, plain) = one_run(redeploy).await;
         println!(
-            "  run {}: rollguard rollback {rollback:.1} s, plain rolling update {plain:.1} s, difference {:+.1} s",
+            "  run {}: rollguard {verb} {rollback:.1} s, plain rolling update {plain:.1} s, difference {:+.1} s",
             i + 1,
             rollback - plain
         );
@@ -202,7 +220,7 @@ async fn main() {
     };
     let diffs: Vec<f64> = rows.iter().map(|(r, p)| r - p).collect();
     println!(
-        "\n| | median | max |\n|---|---|---|\n| rollguard rollback, request to all replicas ready | {:.1} s | {:.1} s |\n| plain rolling update of the twin | {:.1} s | {:.1} s |\n| difference | {:+.1} s | {:+.1} s |",
+        "\n| | median | max |\n|---|---|---|\n| rollguard {verb}, request to all replicas ready | {:.1} s | {:.1} s |\n| plain rolling update of the twin | {:.1} s | {:.1} s |\n| difference | {:+.1} s | {:+.1} s |",
         median(rows.iter().map(|r| r.0).collect()),
         rows.iter().map(|r| r.0).fold(0.0, f64::max),
         median(rows.iter().map(|r| r.1).collect()),

@@ -66,6 +66,10 @@ pub struct HistoryRow {
     /// checked against the apiserver's user by the chart's admission policy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployed_by: Option<String>,
+    /// A redeploy's Release: whose images it runs (on the configuration of the release that
+    /// was serving when it was made).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redeploy_of: Option<String>,
     pub standing: Standing,
     pub phase: ReleasePhase,
     /// Whether `rollguard rollback --to` may take it.
@@ -133,6 +137,7 @@ pub fn rows(rollout: &Rollout, releases: &[Release]) -> Vec<HistoryRow> {
                     .unwrap_or_default(),
                 images: r.spec.images.iter().map(|i| i.image.clone()).collect(),
                 change_cause: r.spec.change_cause.clone(),
+                redeploy_of: r.spec.redeploy.as_ref().map(|d| d.images_of.clone()),
                 commit: COMMIT_ANNOTATIONS
                     .iter()
                     .find_map(|k| annotation(k, MAX_COMMIT)),
@@ -198,6 +203,12 @@ pub fn rollback_target<'a>(
         )),
         [one] => Ok(one),
         [first, ..] if first.release == to => Ok(first),
+        // A version or digest names the release first made of it, not its redeploys.
+        many if many.iter().filter(|r| r.redeploy_of.is_none()).count() == 1 => many
+            .iter()
+            .find(|r| r.redeploy_of.is_none())
+            .copied()
+            .ok_or_else(String::new),
         many => Err(format!(
             "{to:?} names {} releases ({}); give the release name",
             many.len(),
@@ -372,6 +383,7 @@ mod tests {
                 change_cause: None,
                 deployed_by: Some("alice@example.com".into()),
                 config_hashes: Vec::new(),
+                redeploy: None,
             },
         );
         r.metadata.creation_timestamp = Some(Time(

@@ -13,6 +13,7 @@ pub mod history;
 pub mod lint;
 pub mod ops;
 pub mod preflight;
+pub mod redeploy;
 pub mod rollout;
 pub mod secrets;
 pub mod templates;

@@ -315,7 +315,12 @@ pub fn render_status(ro: &Rollout, releases: &[Release]) -> String {
         );
     }
     if let Some(mr) = &s.manual_rollback {
-        let _ = writeln!(out, "  Rollback by hand ({}):", mr.step);
+        let what = if mr.redeploy.is_some() {
+            "Redeploy"
+        } else {
+            "Rollback"
+        };
+        let _ = writeln!(out, "  {what} by hand ({}):", mr.step);
         for line in crate::history::log_lines(mr) {
             let _ = writeln!(out, "    {line}");
         }

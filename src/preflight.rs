@@ -162,13 +162,21 @@ pub fn warnings(
             "volume {volume} is PersistentVolumeClaim {claim}: its data stays as it is now; the rollback does not restore it"
         ));
     }
+    out.extend(migrations(&label, since));
+    out
+}
+
+/// The releases in `since` (deployed after the one labelled `label`) that migrated a schema:
+/// going back to `label`'s images does not undo them, by rollback or by redeploy.
+pub fn migrations(label: &str, since: &[&Release]) -> Vec<String> {
+    let mut out = Vec::new();
     for r in since {
         let marked = r.spec.pod_template["metadata"]["annotations"][MIGRATION_ANNOTATION]
             .as_str()
             .filter(|v| !v.is_empty());
         if let Some(what) = marked {
             out.push(format!(
-                "{} carries a schema migration ({}); the rollback to {label} does not undo it",
+                "{} carries a schema migration ({}); going back to {label} does not undo it",
                 r.spec.version.clone().unwrap_or_else(|| r
                     .metadata
                     .name
@@ -248,6 +256,7 @@ mod tests {
                 change_cause: None,
                 deployed_by: None,
                 config_hashes: hashes,
+                redeploy: None,
             },
         )
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::Condition;
 use super::rollout::MetricEvidence;
+pub use super::rollout_status::Redeploy;
 
 /// Legal phase moves. Unstable leaves only with an override that gives a reason. A phase, once
 /// set, is never removed: removing it and setting it again would skip the rule.
@@ -79,6 +80,10 @@ pub struct ReleaseSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub config_hashes: Vec<ConfigHash>,
+    /// Set on a Release made by `rollguard redeploy`: the images of one Release with the pod
+    /// template of another (the one serving when it was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeploy: Option<Redeploy>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

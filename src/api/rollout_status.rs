@@ -477,6 +477,10 @@ pub struct ManualRollback {
     /// Mark the Release rolled back from Unstable, with this reason (`--unstable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unstable: Option<String>,
+    /// Set for `rollguard redeploy`: `to` is a Release made of these images and this pod
+    /// template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeploy: Option<Redeploy>,
     pub step: RevertStep,
     /// RFC 3339.
     pub started_at: String,
@@ -490,6 +494,19 @@ pub struct ManualRollback {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub log: Vec<LogLine>,
+}
+
+/// A redeploy: one Release's images on another Release's pod template (env, resources, probes,
+/// ports and the rest).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Redeploy {
+    /// The Release whose images run.
+    #[schemars(length(max = 253))]
+    pub images_of: String,
+    /// The Release whose pod template, apart from its images, runs.
+    #[schemars(length(max = 253))]
+    pub config_of: String,
 }
 
 /// One line of a manual rollback's log.
@@ -525,6 +542,15 @@ pub const MANUAL_LOG_LINES: usize = 64;
 impl ManualRollback {
     /// Appends a line, bounded in length and in count (the first lines, which say what was
     /// asked, are kept).
+    /// `rollback` or `redeploy`, as the log and the Events say it.
+    pub fn word(&self) -> &'static str {
+        if self.redeploy.is_some() {
+            "redeploy"
+        } else {
+            "rollback"
+        }
+    }
+
     pub fn log(&mut self, at: String, text: impl Into<String>) {
         let text = super::common::bounded(&text.into());
         if self.log.len() >= MANUAL_LOG_LINES {

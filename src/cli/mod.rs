@@ -2,6 +2,7 @@
 
 mod args;
 mod backtest;
+mod redeploy;
 mod rollback;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::lint::Level;
 use crate::rollout::plan::RequestAction;
 pub use args::{Format, Output};
 pub use backtest::BacktestArgs;
+pub use redeploy::RedeployArgs;
 pub use rollback::RollbackArgs;
 
 #[derive(Debug, Parser)]
@@ -97,6 +99,10 @@ pub enum Command {
     /// pod template through a rolling update, traffic on it, a running canary withdrawn first.
     /// Prints the rollback's log as it happens; exits non-zero if it is refused or fails.
     Rollback(Box<RollbackArgs>),
+    /// Run an earlier release's images on today's pod template (env, resources, probes, ports):
+    /// prints what differs from that release's snapshot first, then goes like a rollback, as a
+    /// new release.
+    Redeploy(Box<RedeployArgs>),
     /// Skip the remaining steps and promote the canary.
     Promote(RequestArgs),
     /// Roll the canary back now (or the last promotion, within its post-promotion window); the
@@ -331,6 +337,7 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Rollback(a) => runtime(false)?.block_on(rollback::run(*a)),
+        Command::Redeploy(a) => runtime(false)?.block_on(redeploy::run(*a)),
         Command::Promote(a) => send(a, RequestAction::Promote),
         Command::Abort(a) => send(a, RequestAction::Abort),
         Command::Pause(a) => send(a, RequestAction::Pause),
@@ -616,6 +623,17 @@ mod tests {
     }
 
     #[test]
+    fn redeploy_needs_the_release_whose_images_run() {
+        let err = Cli::try_parse_from(["rollguard", "redeploy", "web"]).expect_err("no --to");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--to"), "{err}");
+        let cli =
+            Cli::try_parse_from(["rollguard", "redeploy", "web", "--to", "1.5.0", "--strict"])
+                .expect("parses");
+        assert!(matches!(cli.command, Command::Redeploy(a) if a.to == "1.5.0" && a.strict));
+    }
+
+    #[test]
     fn completions_cover_every_command_in_each_shell() {
         for shell in [
             clap_complete::Shell::Bash,
@@ -626,6 +644,7 @@ mod tests {
             for word in [
                 "rollguard",
                 "rollback",
+                "redeploy",
                 "history",
                 "override-reason",
                 "status",

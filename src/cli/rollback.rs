@@ -52,23 +52,17 @@ pub struct RollbackArgs {
 
 pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
     let (client, ns) = crate::ops::client_and_namespace(a.namespace.clone()).await?;
-    let rollouts = Api::<Rollout>::namespaced(client.clone(), &ns);
     let (ro, releases) = crate::ops::rollout_and_releases(&client, &ns, &a.rollout).await?;
     let history = rows(&ro, &releases);
     let target = rollback_target(&history, a.to.as_deref()).map_err(anyhow::Error::msg)?;
-    if target.standing == Standing::Unstable {
-        let Some(why) = a.override_reason.as_deref() else {
-            anyhow::bail!(
-                "{} is Unstable: {}; add --override-reason to lift its verdict and roll back to it",
-                target.release,
-                target.not_rollbackable.as_deref().unwrap_or("judged worse")
-            );
-        };
-        let by = crate::ops::override_release(&client, &ns, &target.release, why).await?;
-        println!("{}: Unstable verdict lifted by {by}: {why}", target.release);
-    } else if let Some(why) = &target.not_rollbackable {
-        anyhow::bail!("cannot roll back to {}: {why}", target.release);
-    }
+    lift_or_refuse(
+        &client,
+        &ns,
+        target,
+        a.override_reason.as_deref(),
+        "roll back to",
+    )
+    .await?;
     let warnings = preflight(&client, &ns, &releases, &target.release).await;
     let json = a.output == super::args::Output::Json;
     for w in &warnings {
@@ -82,38 +76,66 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
             warnings.len()
         );
     }
-    let sent = crate::ops::submit(
-        &client,
-        &ns,
-        &a.rollout,
-        Request {
-            id: String::new(),
-            action: RequestAction::Rollback,
-            by: String::new(),
-            reason: a.reason.clone(),
-            to: Some(target.release.clone()),
-            unstable: a.unstable.clone(),
-            warnings: warnings.clone(),
-        },
-    )
-    .await?;
+    let request = Request {
+        id: String::new(),
+        action: RequestAction::Rollback,
+        by: String::new(),
+        reason: a.reason.clone(),
+        to: Some(target.release.clone()),
+        unstable: a.unstable.clone(),
+        warnings,
+    };
+    let label = target.version.as_deref().unwrap_or(&target.digest);
+    let follow = Follow {
+        no_wait: a.no_wait,
+        output: a.output,
+        timeout: a.timeout,
+        diff: Vec::new(),
+    };
+    send_and_follow(&client, &ns, &ro, request, label, &follow).await
+}
+
+/// How the CLI waits for a rollback or a redeploy it sent.
+pub(super) struct Follow {
+    pub no_wait: bool,
+    pub output: super::args::Output,
+    pub timeout: Option<Duration>,
+    /// `redeploy`: what differs between the snapshot and today's template (in the JSON).
+    pub diff: Vec<String>,
+}
+
+/// Sends a rollback or redeploy request, then prints its log as it happens (or, with `-o json`,
+/// one object at the end), and fails with its last line when it is refused or fails.
+pub(super) async fn send_and_follow(
+    client: &kube::Client,
+    ns: &str,
+    ro: &Rollout,
+    request: Request,
+    label: &str,
+    follow: &Follow,
+) -> anyhow::Result<()> {
+    let name = ro.metadata.name.clone().unwrap_or_default();
+    let rollouts = Api::<Rollout>::namespaced(client.clone(), ns);
+    let json = follow.output == super::args::Output::Json;
+    let (action, to, warnings) = (
+        request.action,
+        request.to.clone().unwrap_or_default(),
+        request.warnings.clone(),
+    );
+    let sent = crate::ops::submit(client, ns, &name, request).await?;
     if !json {
         println!(
-            "rollback of {ns}/{} to {} ({}) sent by {} (request {})",
-            a.rollout,
-            target.release,
-            target.version.as_deref().unwrap_or(&target.digest),
-            sent.by,
-            sent.id
+            "{action} of {ns}/{name} to {to} ({label}) sent by {} (request {})",
+            sent.by, sent.id
         );
     }
-    let timeout = a.timeout.unwrap_or_else(|| {
+    let timeout = follow.timeout.unwrap_or_else(|| {
         Duration::from_secs(crate::time::secs(&ro.spec.progress_deadline, 600).max(1) as u64)
     });
-    let outcome = if a.no_wait {
+    let outcome = if follow.no_wait {
         Ok(None)
     } else {
-        watch(&rollouts, &a.rollout, &sent.id, timeout, !json).await
+        watch(&rollouts, &name, &sent.id, timeout, !json).await
     };
     if json {
         let (state, record) = match &outcome {
@@ -125,9 +147,11 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
             .map_or(state.to_owned(), |m| m.step.to_string());
         let out = serde_json::json!({
             "request": sent.id,
+            "action": action.to_string(),
             "by": sent.by,
-            "to": target.release,
+            "to": to,
             "warnings": warnings,
+            "differences": follow.diff,
             "outcome": state,
             "error": outcome.as_ref().err().map(ToString::to_string),
             "log": record.as_ref().map(lines).unwrap_or_default(),
@@ -137,10 +161,35 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
     outcome.map(drop)
 }
 
+/// An Unstable target's verdict lifted with the caller's reason (recorded as their override),
+/// or the reason the target cannot be taken.
+pub(super) async fn lift_or_refuse(
+    client: &kube::Client,
+    ns: &str,
+    target: &crate::history::HistoryRow,
+    override_reason: Option<&str>,
+    verb: &str,
+) -> anyhow::Result<()> {
+    if target.standing == Standing::Unstable {
+        let Some(why) = override_reason else {
+            anyhow::bail!(
+                "{} is Unstable: {}; add --override-reason to lift its verdict and {verb} it",
+                target.release,
+                target.not_rollbackable.as_deref().unwrap_or("judged worse")
+            );
+        };
+        let by = crate::ops::override_release(client, ns, &target.release, why).await?;
+        println!("{}: Unstable verdict lifted by {by}: {why}", target.release);
+    } else if let Some(why) = &target.not_rollbackable {
+        anyhow::bail!("cannot {verb} {}: {why}", target.release);
+    }
+    Ok(())
+}
+
 /// What the rollback to `target` cannot restore: the recorded ConfigMap hashes against
 /// today's (read as the caller), Secrets, volumes on claims, and schema migrations of the
 /// releases deployed after it.
-async fn preflight(
+pub(super) async fn preflight(
     client: &kube::Client,
     ns: &str,
     releases: &[Release],

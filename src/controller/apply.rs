@@ -70,6 +70,9 @@ impl<'a> Applier<'a> {
         match action {
             Action::EnsureServices => self.ensure_services().await,
             Action::CreateRelease { name, phase } => self.create_release(name, *phase).await,
+            Action::CreateRedeploy { name, redeploy, by } => {
+                self.create_redeploy(name, redeploy, by).await
+            }
             Action::ApplyArm {
                 arm,
                 release,

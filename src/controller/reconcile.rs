@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::controller::Action as Requeue;
 use kube::{Api, Resource, ResourceExt};
@@ -18,15 +19,17 @@ use super::{escalate, leader};
 use crate::api::Rollout;
 use crate::api::common::bounded;
 use crate::api::release::Release;
-use crate::api::rollout::RolloutPhase;
 #[cfg(debug_assertions)]
 use crate::api::rollout::RolloutStatus;
+use crate::api::rollout::{RevertStep, RolloutPhase};
 use crate::rollout::decide::{decide, failed, recovery_baseline_offset, verify_baseline_offset};
 use crate::rollout::plan::{
-    AnalysisView, ErrorKind, InvalidRequest, Observed, Plan, ReleaseView, Request, TargetView,
+    AnalysisView, ErrorKind, InvalidRequest, Observed, Plan, PodView, ReleaseView, Request,
+    TargetView,
 };
 use crate::rollout::workload::{
-    Arm, REQUEST_ANNOTATION, ROLLOUT_LABEL, Workload, arm_name, artifact, fingerprint,
+    ARM_LABEL, Arm, RELEASE_ANNOTATION, REQUEST_ANNOTATION, ROLLOUT_LABEL, Workload, arm_name,
+    artifact, fingerprint,
 };
 
 /// How many plans one reconcile may apply back to back when each asks to continue at once.
@@ -258,7 +261,54 @@ async fn observe(ro: &Rollout, ctx: &Context) -> Result<Observed, kube::Error> {
         analysis: None,
         analysis_invalid: None,
         request,
+        stable_pods: stable_pods(ro, ctx).await,
     })
+}
+
+/// The most pods of the stable arm read to name them in a rollback's log.
+const MAX_PODS_READ: u32 = 100;
+
+/// The stable arm's pods while a rollback or redeploy by hand waits for them; None otherwise,
+/// or when they cannot be listed (the ClusterRole may lack `list pods`: the log then counts
+/// replicas instead, and nothing else depends on it).
+async fn stable_pods(ro: &Rollout, ctx: &Context) -> Option<Vec<PodView>> {
+    let waiting = ro.status.as_ref().is_some_and(|s| {
+        s.phase == Some(RolloutPhase::Reverting)
+            && s.manual_rollback
+                .as_ref()
+                .is_some_and(|m| matches!(m.step, RevertStep::Restore | RevertStep::Ready))
+    });
+    if !waiting {
+        return None;
+    }
+    let name = ro.name_any();
+    let selector = format!("{ROLLOUT_LABEL}={name},{ARM_LABEL}={}", Arm::Stable);
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ro.namespace().unwrap_or_default())
+        .list(&ListParams::default().labels(&selector).limit(MAX_PODS_READ))
+        .await
+        .inspect_err(|e| {
+            tracing::debug!(rollout = %key(ro), error = %e, "cannot list the stable pods; the log counts replicas instead");
+        })
+        .ok()?;
+    Some(pods.items.iter().map(pod_view).collect())
+}
+
+fn pod_view(p: &Pod) -> PodView {
+    let ready_at = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .map(|c| {
+            c.last_transition_time
+                .as_ref()
+                .map_or_else(crate::time::unix_now, |t| t.0.as_second())
+        });
+    PodView {
+        name: p.name_any(),
+        release: p.annotations().get(RELEASE_ANNOTATION).cloned(),
+        ready_at: ready_at.filter(|_| p.metadata.deletion_timestamp.is_none()),
+    }
 }
 
 /// The analysis, measured now: of the canary while it is live with its weight in effect, or of

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::apply::{Applier, owner};
 use super::error::ActionError;
-use crate::api::release::{ContainerImage, Release, ReleasePhase, ReleaseSpec};
+use crate::api::release::{ContainerImage, Redeploy, Release, ReleasePhase, ReleaseSpec};
 use crate::rollout::plan::ErrorKind;
 use crate::rollout::workload::{DEPLOYED_BY_ANNOTATION, ROLLOUT_LABEL, artifact, prunable};
 
@@ -35,7 +35,7 @@ impl Applier<'_> {
             .on_field("spec.template")
         })?;
         let labels = template_meta.labels.unwrap_or_default();
-        let version = ["app.kubernetes.io/version", "version"]
+        let version = crate::redeploy::VERSION_LABELS
             .iter()
             .find_map(|k| labels.get(*k).cloned());
         let change_cause = target
@@ -49,26 +49,72 @@ impl Applier<'_> {
             .filter(|by| !by.is_empty() && by.len() <= 256)
             .cloned();
         let config_hashes = self.config_hashes(&template).await;
-        let mut release = Release::new(
-            name,
-            ReleaseSpec {
-                rollout: self.name.clone(),
-                images: a
-                    .images
-                    .iter()
-                    .map(|(c, i)| ContainerImage {
-                        container: c.clone(),
-                        image: i.clone(),
-                    })
-                    .collect(),
-                allow_tags: !self.ro.spec.require_digest,
-                pod_template: template,
-                version,
-                change_cause,
-                deployed_by,
-                config_hashes,
-            },
+        let spec = ReleaseSpec {
+            rollout: self.name.clone(),
+            images: images(&a),
+            allow_tags: !self.ro.spec.require_digest,
+            pod_template: template,
+            version,
+            change_cause,
+            deployed_by,
+            config_hashes,
+            redeploy: None,
+        };
+        self.insert_release(name, spec, phase).await
+    }
+
+    /// A redeploy's Release: the images of one Release on the pod template of another, both
+    /// read from the cluster, recorded as deployed by the requester (whom the apiserver named).
+    pub(super) async fn create_redeploy(
+        &self,
+        name: &str,
+        redeploy: &Redeploy,
+        by: &str,
+    ) -> Result<(), ActionError> {
+        let images_of = self.get_release(&redeploy.images_of).await?;
+        let config_of = self.get_release(&redeploy.config_of).await?;
+        let (template, _) = crate::redeploy::merged_template(
+            &images_of.spec.pod_template,
+            &config_of.spec.pod_template,
         );
+        let a = artifact(&template, !config_of.spec.allow_tags).map_err(|why| {
+            ActionError::new(ErrorKind::Invalid, format!("Release {name}"), why)
+                .on_field("spec.podTemplate")
+        })?;
+        let spec = ReleaseSpec {
+            rollout: self.name.clone(),
+            images: images(&a),
+            allow_tags: config_of.spec.allow_tags,
+            pod_template: template,
+            version: images_of.spec.version.clone(),
+            change_cause: Some(format!(
+                "redeploy of {}'s images on {}'s configuration",
+                redeploy.images_of, redeploy.config_of
+            )),
+            deployed_by: Some(by.to_owned()).filter(|by| !by.is_empty() && by.len() <= 256),
+            config_hashes: config_of.spec.config_hashes.clone(),
+            redeploy: Some(redeploy.clone()),
+        };
+        self.insert_release(name, spec, ReleasePhase::Progressing)
+            .await
+    }
+
+    async fn get_release(&self, name: &str) -> Result<Release, ActionError> {
+        self.releases().get(name).await.map_err(|e| {
+            let object = format!("Release {name}");
+            self.refused(&e, "get", &object, &object)
+        })
+    }
+
+    /// Creates the Release (one that exists already is kept: Release.spec is immutable), then
+    /// gives it `phase`.
+    async fn insert_release(
+        &self,
+        name: &str,
+        spec: ReleaseSpec,
+        phase: ReleasePhase,
+    ) -> Result<(), ActionError> {
+        let mut release = Release::new(name, spec);
         release.metadata.namespace = Some(self.ns.clone());
         release.metadata.labels = Some([(ROLLOUT_LABEL.to_owned(), self.name.clone())].into());
         release.metadata.owner_references = Some(vec![
@@ -190,4 +236,14 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+fn images(a: &crate::rollout::workload::Artifact) -> Vec<ContainerImage> {
+    a.images
+        .iter()
+        .map(|(c, i)| ContainerImage {
+            container: c.clone(),
+            image: i.clone(),
+        })
+        .collect()
 }

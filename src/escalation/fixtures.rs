@@ -25,6 +25,7 @@ pub fn release(name: &str, digest: &str, version: &str, cause: Option<&str>) -> 
             change_cause: cause.map(str::to_owned),
             deployed_by: None,
             config_hashes: Vec::new(),
+            redeploy: None,
         },
     );
     r.status = Some(ReleaseStatus::default());

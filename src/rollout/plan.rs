@@ -74,6 +74,9 @@ pub enum RequestAction {
     Resolve,
     /// Restore a Release chosen by hand (`to`): a decision, not a verdict.
     Rollback,
+    /// Run the images of a Release chosen by hand (`to`) on the serving Release's pod
+    /// template: a new Release, restored like a rollback.
+    Redeploy,
 }
 
 impl std::fmt::Display for RequestAction {
@@ -85,6 +88,7 @@ impl std::fmt::Display for RequestAction {
             RequestAction::Resume => "resume",
             RequestAction::Resolve => "resolve",
             RequestAction::Rollback => "rollback",
+            RequestAction::Redeploy => "redeploy",
         })
     }
 }
@@ -97,7 +101,7 @@ pub struct Request {
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// `rollback`: the Release to restore, by name.
+    /// `rollback`: the Release to restore, by name; `redeploy`: the Release whose images run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// `rollback`: mark the Release rolled back from Unstable, with this reason.
@@ -132,6 +136,19 @@ pub struct Observed {
     pub analysis_invalid: Option<String>,
     /// The request annotation, or why it could not be read.
     pub request: Option<Result<Request, InvalidRequest>>,
+    /// The stable arm's pods, read only while a rollback or redeploy by hand waits for them to
+    /// become ready (None when they were not read, or could not be: the log then counts
+    /// replicas from the Deployment's status instead of naming pods).
+    pub stable_pods: Option<Vec<PodView>>,
+}
+
+/// A pod of an arm: its name, the Release its template runs, and when it became Ready.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodView {
+    pub name: String,
+    pub release: Option<String>,
+    /// Unix seconds of its Ready condition's last transition to True; None while not ready.
+    pub ready_at: Option<i64>,
 }
 
 /// A request annotation that does not parse. It is warned about once: `id` is its text's
@@ -151,6 +168,13 @@ pub enum Action {
     CreateRelease {
         name: String,
         phase: ReleasePhase,
+    },
+    /// Create the Release `name` of a redeploy: `redeploy.images_of`'s images on
+    /// `redeploy.config_of`'s pod template, recorded as deployed by `by`.
+    CreateRedeploy {
+        name: String,
+        redeploy: crate::api::release::Redeploy,
+        by: String,
     },
     /// Run `release`'s pod template on the arm's Deployment at `replicas`.
     ApplyArm {

@@ -9,7 +9,10 @@ use crate::time::format_time;
 
 impl Planner<'_> {
     pub(super) fn request(&mut self, req: &Request) {
-        if req.action == RequestAction::Rollback {
+        if matches!(
+            req.action,
+            RequestAction::Rollback | RequestAction::Redeploy
+        ) {
             // Its own bookkeeping: the log, the notes and both Releases' histories.
             self.begin_revert(req);
             return;

@@ -2,13 +2,19 @@
 //! Kubernetes rolling update, one recorded step at a time, with a log any later watcher reads
 //! from the start. A decision, not a verdict: the Release it replaces becomes Superseded, not
 //! Unstable, unless the request says otherwise.
+//!
+//! A redeploy (`rollguard redeploy`) goes the same way to a Release of its own: the chosen
+//! Release's images on the serving Release's pod template.
 
-use super::plan::{Action, Reason, Request};
+use super::plan::{Action, Reason, Request, RequestAction};
 use super::planner::Planner;
 use super::workload::short_digest;
-use crate::api::release::{HistoryEntry, ReleasePhase, ReleaseVerdict};
+use crate::api::release::{HistoryEntry, Redeploy, ReleasePhase, ReleaseVerdict};
 use crate::api::rollout::{ManualRollback, ReleaseRef, RevertStep, RolloutPhase};
 use crate::time::{format_time, parse_at, secs};
+
+/// The most pods a rollback's log names; beyond them it counts.
+const MAX_POD_LINES: usize = 24;
 
 /// Unix seconds from a request id `<action>-<nanoseconds in hex>`, as the CLI makes them.
 fn request_time(id: &str) -> Option<i64> {
@@ -36,22 +42,68 @@ impl Planner<'_> {
             started_at: at.clone(),
             ..ManualRollback::default()
         };
-        let to = match self.revert_target(req) {
-            Ok(to) => to,
+        let word = req.action.to_string();
+        let target = self.revert_target(req).and_then(|to| {
+            if req.action != RequestAction::Redeploy {
+                return Ok((to, None));
+            }
+            let config_of = self
+                .status
+                .stable
+                .clone()
+                .ok_or("the Rollout has no stable release to take the configuration from")?;
+            if config_of.release == to.release {
+                return Err(format!(
+                    "{} is the release serving; redeploying its images on its own configuration changes nothing",
+                    to.release
+                ));
+            }
+            let redeploy = Redeploy {
+                images_of: to.release.clone(),
+                config_of: config_of.release,
+            };
+            let name = crate::redeploy::release_name(&redeploy.images_of, &redeploy.config_of);
+            if let Some(r) = self.release(&name)
+                && r.phase == Some(ReleasePhase::Unstable)
+                && !r.overridden
+            {
+                return Err(format!(
+                    "this redeploy was made before as {name}, which is Unstable ({}); lift it with \
+                     `rollguard override {name} --reason …` first",
+                    r.verdict.as_deref().unwrap_or("judged worse")
+                ));
+            }
+            Ok((
+                ReleaseRef {
+                    release: name,
+                    ..to
+                },
+                Some(redeploy),
+            ))
+        });
+        let (to, redeploy) = match target {
+            Ok(t) => t,
             Err(why) => {
                 mr.step = RevertStep::Refused;
                 mr.finished_at = Some(at.clone());
-                mr.log(at, format!("rollback refused: {why}"));
-                self.outcome(req, false, &format!("rollback refused: {why}"));
+                mr.log(at, format!("{word} refused: {why}"));
+                self.outcome(req, false, &format!("{word} refused: {why}"));
                 self.status.manual_rollback = Some(mr);
                 self.note(
                     true,
                     Reason::ManualRollbackRefused,
-                    format!("rollback by {} refused: {why}", req.by),
+                    format!("{word} by {} refused: {why}", req.by),
                 );
                 return;
             }
         };
+        if let Some(r) = &redeploy {
+            self.act(Action::CreateRedeploy {
+                name: to.release.clone(),
+                redeploy: r.clone(),
+                by: req.by.clone(),
+            });
+        }
         let from = self
             .status
             .stable
@@ -64,13 +116,19 @@ impl Planner<'_> {
         .then(|| self.status.canary.clone())
         .flatten();
         let moved_from = withdrawn.as_ref().or(from.as_ref());
+        let what = match &redeploy {
+            Some(r) => format!(
+                "{}'s images on {}'s configuration, as {}",
+                r.images_of, r.config_of, to.release
+            ),
+            None => to.release.clone(),
+        };
         mr.log(
             at.clone(),
             format!(
-                "rollback {} {} → {} requested by {}{}",
+                "{word} {} {} → {what} requested by {}{}",
                 self.name,
                 moved_from.map_or("-".to_owned(), |r| r.release.clone()),
-                to.release,
                 req.by,
                 req.reason
                     .as_ref()
@@ -80,10 +138,16 @@ impl Planner<'_> {
         );
         mr.log(
             at.clone(),
-            format!(
-                "image @{}, from the Release's snapshot: no build needed",
-                to.digest
-            ),
+            match &redeploy {
+                Some(r) => format!(
+                    "image @{}, from {}'s snapshot, with today's env, resources, probes and ports: no build needed",
+                    to.digest, r.images_of
+                ),
+                None => format!(
+                    "image @{}, from the Release's snapshot: no build needed",
+                    to.digest
+                ),
+            },
         );
         for w in req.warnings.iter().take(super::plan::MAX_WARNINGS) {
             mr.log(at.clone(), format!("warning: {w}"));
@@ -91,7 +155,7 @@ impl Planner<'_> {
                 true,
                 Reason::ManualRollbackWarning,
                 format!(
-                    "rollback to {}: {}",
+                    "{word} to {}: {}",
                     to.release,
                     crate::api::common::bounded(w)
                 ),
@@ -107,16 +171,18 @@ impl Planner<'_> {
                 ),
             );
         }
+        let images_of = redeploy.as_ref().map(|r| r.images_of.as_str());
         for (release, action) in [
-            (Some(&to), "rollback-to"),
-            (from.as_ref(), "rollback-from"),
-            (withdrawn.as_ref(), "rollback-from"),
+            (Some(to.release.as_str()), "to"),
+            (images_of, "images-of"),
+            (from.as_ref().map(|r| r.release.as_str()), "from"),
+            (withdrawn.as_ref().map(|r| r.release.as_str()), "from"),
         ] {
             if let Some(r) = release {
                 self.act(Action::ReleaseHistory {
-                    release: r.release.clone(),
+                    release: r.to_owned(),
                     entry: HistoryEntry {
-                        action: action.into(),
+                        action: format!("{word}-{action}"),
                         by: req.by.clone(),
                         at: at.clone(),
                         reason: req.reason.clone(),
@@ -128,19 +194,20 @@ impl Planner<'_> {
             false,
             Reason::ManualRollbackStarted,
             format!(
-                "rollback to {} ({}) requested by {}",
+                "{word} to {} ({}) requested by {}",
                 to.release, to.short_digest, req.by
             ),
         );
-        self.outcome(req, true, &format!("rollback to {} started", to.release));
+        self.outcome(req, true, &format!("{word} to {} started", to.release));
         mr.from = from;
         mr.withdrawn = withdrawn;
         mr.to = Some(to.clone());
+        mr.redeploy = redeploy;
         self.status.manual_rollback = Some(mr);
         self.status.paused_by = None;
         self.set_phase(
             RolloutPhase::Reverting,
-            format!("rolling back by hand to {}", to.release),
+            format!("{} by hand to {}", gerund(&word), to.release),
         );
         self.requeue = 0;
     }
@@ -153,7 +220,9 @@ impl Planner<'_> {
                 return Err("an automatic rollback is running; wait for it to finish".into());
             }
             RolloutPhase::Reverting => {
-                return Err("another rollback is running; wait for it to finish".into());
+                return Err(
+                    "another rollback or redeploy is running; wait for it to finish".into(),
+                );
             }
             RolloutPhase::Initializing => {
                 return Err("the Rollout has no stable release yet".into());
@@ -177,7 +246,7 @@ impl Planner<'_> {
                 self.phase(),
                 RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Promoting
             );
-        if serving && !canary {
+        if serving && !canary && req.action == RequestAction::Rollback {
             return Err(format!("{name} is already the release serving"));
         }
         match r.phase {
@@ -185,7 +254,7 @@ impl Planner<'_> {
             Some(ReleasePhase::Unstable) if r.overridden => {}
             Some(ReleasePhase::Unstable) => {
                 return Err(format!(
-                    "{name} is Unstable ({}); give --override-reason to roll back to it anyway",
+                    "{name} is Unstable ({}); give --override-reason to use it anyway",
                     r.verdict
                         .as_deref()
                         .unwrap_or("judged worse than its baseline")
@@ -193,8 +262,12 @@ impl Planner<'_> {
             }
             other => {
                 return Err(format!(
-                    "{name} never served ({}); only a release that was stable can be rolled back to",
-                    other.map_or("no phase".to_owned(), |p| format!("{p:?}"))
+                    "{name} never served ({}); only a release that was stable can be {}",
+                    other.map_or("no phase".to_owned(), |p| format!("{p:?}")),
+                    match req.action {
+                        RequestAction::Redeploy => "redeployed",
+                        _ => "rolled back to",
+                    }
                 ));
             }
         }
@@ -244,6 +317,19 @@ impl Planner<'_> {
                 self.requeue = 0;
             }
             RevertStep::Restore => {
+                // A redeploy's Release is made in the pass that accepts it; made again here if
+                // that write was lost (the name is the same, so a second create is a no-op).
+                if let Some(r) = mr
+                    .redeploy
+                    .as_ref()
+                    .filter(|_| self.release(&to.release).is_none())
+                {
+                    self.act(Action::CreateRedeploy {
+                        name: to.release.clone(),
+                        redeploy: r.clone(),
+                        by: mr.by.clone(),
+                    });
+                }
                 self.act(Action::ApplyArm {
                     arm: super::workload::Arm::Stable,
                     release: to.release.clone(),
@@ -268,6 +354,7 @@ impl Planner<'_> {
                         replicas: s,
                     });
                 } else if w.rolled_out && w.ready >= s {
+                    self.log_ready_pods(&mut mr, &to.release);
                     mr.log(
                         at.clone(),
                         format!("all {s} replicas of {} ready", to.release),
@@ -275,6 +362,8 @@ impl Planner<'_> {
                     mr.ready_logged = s;
                     mr.step = RevertStep::Record;
                     self.requeue = 0;
+                } else if self.log_ready_pods(&mut mr, &to.release) {
+                    mr.ready_logged = w.updated_ready;
                 } else if w.updated_ready != mr.ready_logged && !w.rolled_out {
                     mr.log(
                         at.clone(),
@@ -294,11 +383,14 @@ impl Planner<'_> {
                          ({deadline} s): {}/{s} replicas of {} ready; traffic stays on stable",
                         w.ready, to.release
                     );
-                    mr.log(at.clone(), format!("rollback failed: {why}"));
+                    mr.log(at.clone(), format!("{} failed: {why}", mr.word()));
                     mr.step = RevertStep::Failed;
                     mr.finished_at = Some(at.clone());
                     self.note(true, Reason::ManualRollbackRefused, why.clone());
-                    self.set_phase(RolloutPhase::RolledBack, format!("rollback failed: {why}"));
+                    self.set_phase(
+                        RolloutPhase::RolledBack,
+                        format!("{} failed: {why}", mr.word()),
+                    );
                 }
             }
             RevertStep::Record => self.record_revert(&mut mr, &to),
@@ -309,6 +401,39 @@ impl Planner<'_> {
         self.status.manual_rollback = Some(mr);
     }
 
+    /// One line per pod of `release` that became Ready, at the time it did, each once; at most
+    /// [`MAX_POD_LINES`] in all. False when the pods could not be read, so that the caller
+    /// counts replicas instead.
+    fn log_ready_pods(&self, mr: &mut ManualRollback, release: &str) -> bool {
+        let Some(pods) = &self.obs.stable_pods else {
+            return false;
+        };
+        let logged = |mr: &ManualRollback, pod: &str| {
+            mr.log.iter().any(|l| l.text == format!("{pod}: ready ✓"))
+        };
+        let mut ready: Vec<(i64, &str)> = pods
+            .iter()
+            .filter(|p| p.release.as_deref() == Some(release))
+            .filter_map(|p| Some((p.ready_at?, p.name.as_str())))
+            .collect();
+        ready.sort_unstable();
+        let mut count = mr
+            .log
+            .iter()
+            .filter(|l| l.text.ends_with(": ready ✓"))
+            .count();
+        for (at, pod) in ready {
+            if count >= MAX_POD_LINES {
+                break;
+            }
+            if !logged(mr, pod) {
+                mr.log(format_time(at), format!("{pod}: ready ✓"));
+                count += 1;
+            }
+        }
+        true
+    }
+
     /// The last step: all traffic on the restored stable, and the Releases say what happened.
     fn record_revert(&mut self, mr: &mut ManualRollback, to: &ReleaseRef) {
         let now = self.now();
@@ -317,10 +442,17 @@ impl Planner<'_> {
             canary: 0,
             baseline: 0,
         });
-        if self
-            .release(&to.release)
-            .is_some_and(|r| r.phase != Some(ReleasePhase::Stable))
+        if let Some(phase) = self.release(&to.release).map(|r| r.phase)
+            && phase != Some(ReleasePhase::Stable)
         {
+            // A redeploy's Release never served: through Progressing, the legal way.
+            if phase.is_none_or(|p| p == ReleasePhase::Candidate) {
+                self.act(Action::ReleasePhase {
+                    release: to.release.clone(),
+                    phase: ReleasePhase::Progressing,
+                    verdict: None,
+                });
+            }
             self.act(Action::ReleasePhase {
                 release: to.release.clone(),
                 phase: ReleasePhase::Stable,
@@ -353,12 +485,10 @@ impl Planner<'_> {
         self.status.stable = Some(to.clone());
         self.status.verify_until = None;
         let took = now - parse_at(Some(&mr.started_at)).unwrap_or(now);
+        let word = mr.word();
         mr.log(
             at.clone(),
-            format!(
-                "rollback complete in {took} s; all traffic on {}",
-                to.release
-            ),
+            format!("{word} complete in {took} s; all traffic on {}", to.release),
         );
         mr.step = RevertStep::Done;
         mr.finished_at = Some(at);
@@ -366,13 +496,16 @@ impl Planner<'_> {
             false,
             Reason::ManualRollbackDone,
             format!(
-                "rolled back by hand to {} ({}) in {took} s, requested by {}",
-                to.release, to.short_digest, mr.by
+                "{} by hand to {} ({}) in {took} s, requested by {}",
+                past(word),
+                to.release,
+                to.short_digest,
+                mr.by
             ),
         );
         self.set_phase(
             RolloutPhase::RolledBack,
-            format!("rolled back by hand to {} by {}", to.release, mr.by),
+            format!("{} by hand to {} by {}", past(word), to.release, mr.by),
         );
         self.requeue = 0;
     }
@@ -397,8 +530,9 @@ impl Planner<'_> {
         }
         let to = mr.to.as_ref().map_or("-", |r| r.release.as_str());
         let message = format!(
-            "rolled back by hand to {to} by {}; the target still declares {release}, which is \
+            "{} by hand to {to} by {}; the target still declares {release}, which is \
              not deployed again: deploy another version, or `rollguard rollback --to {release}`",
+            past(mr.word()),
             mr.by
         );
         self.set_phase(RolloutPhase::RolledBack, message);
@@ -406,262 +540,22 @@ impl Planner<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::rollout::fixtures::*;
-
-    const OLDER: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
-    fn request(to: &str, unstable: Option<&str>) -> Request {
-        Request {
-            id: "rollback-1".into(),
-            action: RequestAction::Rollback,
-            by: "alice@example.com".into(),
-            reason: Some("checkout errors".into()),
-            to: Some(release_name("c", to)),
-            unstable: unstable.map(str::to_owned),
-            warnings: vec!["ConfigMap c-config changed since c-0000000000 was released".into()],
-        }
-    }
-
-    /// Stable on OLD, target on OLD; OLDER is Superseded.
-    fn obs(now: i64, req: Option<Request>) -> Observed {
-        let mut o = observed(OLD, now);
-        o.releases.push(release(OLDER, ReleasePhase::Superseded));
-        o.request = req.map(Ok);
-        o
-    }
-
-    fn run(status: &RolloutStatus, o: &Observed) -> Plan {
-        decide("c", &spec(), status, o)
-    }
-
-    fn log(p: &Plan) -> Vec<String> {
-        p.status
-            .manual_rollback
-            .as_ref()
-            .map(|m| m.log.iter().map(|l| l.text.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn a_rollback_by_hand_goes_step_by_step_and_supersedes_rather_than_condemns() {
-        let p = run(&stable_status(), &obs(1000, Some(request(OLDER, None))));
-        assert_eq!(p.status.phase, Some(RolloutPhase::Reverting));
-        // Started and, in the same pass, the withdrawal (weights 0; nothing was running).
-        let mr = p.status.manual_rollback.clone().expect("recorded");
-        assert_eq!(mr.step, RevertStep::Restore);
-        assert!(p.actions.contains(&Action::SetWeights {
-            canary: 0,
-            baseline: 0
-        }));
-        assert_eq!(mr.by, "alice@example.com");
-        assert_eq!(mr.from.as_ref().map(|r| r.digest.as_str()), Some(OLD));
-        assert!(log(&p)[0].contains("requested by alice@example.com: checkout errors"));
-        assert!(
-            log(&p).iter().any(|l| l == "warning: ConfigMap c-config changed since c-0000000000 was released"),
-            "{:?}",
-            log(&p)
-        );
-        assert!(
-            p.notes
-                .iter()
-                .any(|n| n.warning && n.reason == Reason::ManualRollbackWarning)
-        );
-        assert!(
-            p.actions
-                .iter()
-                .any(|a| matches!(a, Action::ReleaseHistory { release, entry }
-                if *release == release_name("c", OLDER) && entry.action == "rollback-to")),
-            "{:?}",
-            p.actions
-        );
-        let p = run(&p.status, &obs(1001, None));
-        assert!(p.actions.contains(&Action::ApplyArm {
-            arm: Arm::Stable,
-            release: release_name("c", OLDER),
-            replicas: 4,
-        }));
-        assert_eq!(
-            p.status.manual_rollback.as_ref().map(|m| m.step),
-            Some(RevertStep::Ready)
-        );
-
-        // Two of four ready, then all four.
-        let mut o = obs(1005, None);
-        o.stable = Some(Workload {
-            ready: 4,
-            updated_ready: 2,
-            rolled_out: false,
-            ..workload(&release_name("c", OLDER), OLDER, 4)
-        });
-        let p = run(&p.status, &o);
-        assert_eq!(p.status.phase, Some(RolloutPhase::Reverting));
-        assert!(
-            log(&p)
-                .last()
-                .is_some_and(|l| l.contains("2/4 replicas of"))
-        );
-        let mut o = obs(1020, None);
-        o.stable = Some(workload(&release_name("c", OLDER), OLDER, 4));
-        let p = run(&p.status, &o);
-        let p = run(&p.status, &o);
-        assert_eq!(p.status.phase, Some(RolloutPhase::RolledBack));
-        assert_eq!(
-            p.status.stable.as_ref().map(|r| r.digest.as_str()),
-            Some(OLDER)
-        );
-        assert_eq!(
-            p.status.previous_stable.as_ref().map(|r| r.digest.as_str()),
-            Some(OLD)
-        );
-        assert!(p.actions.contains(&Action::ReleasePhase {
-            release: release_name("c", OLD),
-            phase: ReleasePhase::Superseded,
-            verdict: None,
-        }));
-        assert!(p.actions.contains(&Action::ReleasePhase {
-            release: release_name("c", OLDER),
-            phase: ReleasePhase::Stable,
-            verdict: None,
-        }));
-        assert!(
-            log(&p)
-                .last()
-                .is_some_and(|l| l.contains("rollback complete in 20 s")),
-            "{:?}",
-            log(&p)
-        );
-
-        // The target still declares OLD: no canary of it starts again.
-        let mut o = obs(1030, None);
-        o.stable = Some(workload(&release_name("c", OLDER), OLDER, 4));
-        let p = run(&p.status, &o);
-        assert_eq!(p.status.phase, Some(RolloutPhase::RolledBack));
-        assert!(
-            p.status
-                .message
-                .as_deref()
-                .is_some_and(|m| m.contains("not deployed again")),
-            "{:?}",
-            p.status.message
-        );
-        assert!(
-            !p.actions.iter().any(|a| matches!(
-                a,
-                Action::ApplyArm {
-                    arm: Arm::Canary,
-                    ..
-                }
-            )),
-            "{:?}",
-            p.actions
-        );
-    }
-
-    #[test]
-    fn a_replayed_request_writes_the_same_history_entry() {
-        // rollback-<ns in hex> at 1,000 s and 0.5 s.
-        let id = format!("rollback-{:x}", 1_000_500_000_000u128);
-        assert_eq!(super::request_time(&id), Some(1000));
-        let entries = |now: i64| {
-            let req = Request {
-                id: id.clone(),
-                ..request(OLDER, None)
-            };
-            run(&stable_status(), &obs(now, Some(req)))
-                .actions
-                .into_iter()
-                .filter(|a| matches!(a, Action::ReleaseHistory { .. }))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(entries(1003), entries(1010));
-        assert!(super::request_time("rollback-zz").is_none());
-    }
-
-    #[test]
-    fn unstable_if_asked_with_the_reason() {
-        let mut status = stable_status();
-        let mut o = obs(1000, Some(request(OLDER, Some("corrupts carts"))));
-        for _ in 0..5 {
-            let p = run(&status, &o);
-            status = p.status;
-            o = obs(1000, None);
-            o.stable = Some(workload(&release_name("c", OLDER), OLDER, 4));
-            if status.phase == Some(RolloutPhase::RolledBack) {
-                assert!(p.actions.iter().any(|a| matches!(a, Action::ReleasePhase {
-                    release, phase: ReleasePhase::Unstable, verdict: Some(v) }
-                    if *release == release_name("c", OLD) && v.reason.contains("corrupts carts"))));
-                return;
-            }
-        }
-        panic!("not done: {status:?}");
-    }
-
-    #[test]
-    fn refusals_say_why_and_change_nothing() {
-        let cases = [
-            (request(OLD, None), "already the release serving"),
-            (
-                Request {
-                    to: Some("c-nosuchrel".into()),
-                    ..request(OLD, None)
-                },
-                "no Release c-nosuchrel",
-            ),
-        ];
-        for (req, why) in cases {
-            let p = run(&stable_status(), &obs(1000, Some(req)));
-            assert_eq!(p.status.phase, Some(RolloutPhase::Stable));
-            let mr = p.status.manual_rollback.expect("recorded");
-            assert_eq!(mr.step, RevertStep::Refused);
-            assert!(mr.log[0].text.contains(why), "{:?}", mr.log);
-            assert!(
-                p.actions
-                    .iter()
-                    .all(|a| !matches!(a, Action::ApplyArm { .. }))
-            );
-        }
-        // An Unstable target needs an override first.
-        let mut o = obs(1000, Some(request(OLDER, None)));
-        o.releases[1].phase = Some(ReleasePhase::Unstable);
-        let p = run(&stable_status(), &o);
-        let mr = p.status.manual_rollback.expect("recorded");
-        assert!(mr.log[0].text.contains("--override-reason"), "{:?}", mr.log);
-        o.releases[1].overridden = true;
-        let p = run(&stable_status(), &o);
-        assert_eq!(p.status.phase, Some(RolloutPhase::Reverting));
-    }
-
-    #[test]
-    fn a_running_canary_is_withdrawn_first() {
-        let mut status = stable_status();
-        status.phase = Some(RolloutPhase::Progressing);
-        status.canary = Some(ReleaseRef {
-            release: release_name("c", NEW),
-            digest: NEW.into(),
-            short_digest: short_digest(NEW),
-        });
-        status.canary_weight = Some(10);
-        let mut o = obs(1000, Some(request(OLDER, None)));
-        o.releases.push(release(NEW, ReleasePhase::Progressing));
-        o.canary = Some(workload(&release_name("c", NEW), NEW, 1));
-        let p = run(&status, &o);
-        assert_eq!(p.status.phase, Some(RolloutPhase::Reverting));
-        assert!(log(&p).iter().any(|l| l.contains("withdrawn first")));
-        assert!(p.actions.contains(&Action::SetWeights {
-            canary: 0,
-            baseline: 0
-        }));
-        assert!(p.actions.contains(&Action::ScaleArm {
-            arm: Arm::Canary,
-            replicas: 0
-        }));
-        assert_eq!(p.status.canary, None);
-        assert!(
-            log(&p)
-                .last()
-                .is_some_and(|l| l.contains("weight 0, verified"))
-        );
+fn gerund(word: &str) -> &'static str {
+    if word == "redeploy" {
+        "redeploying"
+    } else {
+        "rolling back"
     }
 }
+
+fn past(word: &str) -> &'static str {
+    if word == "redeploy" {
+        "redeployed"
+    } else {
+        "rolled back"
+    }
+}
+
+#[cfg(test)]
+#[path = "revert_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! Rolling back by hand (`rollguard rollback`): to a release two back with its whole snapshot,
-//! with the live log, and with a canary running.
+//! with the live log, and with a canary running; redeploying an earlier release's images on
+//! today's configuration (`rollguard redeploy`).
 
 use std::time::Duration;
 
@@ -85,13 +86,19 @@ async fn a_release_two_back_is_restored_by_hand_with_its_snapshot_and_a_live_log
         "config regression",
         "no build needed",
         "rolling update of web-stable to web-aaaaaaaaaa: 0/3 replicas",
-        "rolling update 1/3 replicas of web-aaaaaaaaaa ready",
-        "rolling update 2/3 replicas of web-aaaaaaaaaa ready",
         "all 3 replicas of web-aaaaaaaaaa ready",
         "rollback complete in",
     ] {
         assert!(r.stdout.contains(expected), "{expected:?} in\n{}", r.stdout);
     }
+    // One line per pod of the restored template, named, each when it became ready.
+    let pods: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(": ready ✓"))
+        .collect();
+    assert_eq!(pods.len(), 3, "{}", r.stdout);
+    assert!(pods.iter().all(|l| l.contains(" web-stable-")), "{pods:?}");
     println!("rollback by hand, request to complete: {took:.1?}");
     // One pod at a time (maxUnavailable 0, maxSurge 1 of 3), each 2 s to be Ready.
     assert!(
@@ -393,5 +400,121 @@ async fn a_request_the_controller_has_not_answered_is_never_replaced_unseen() {
     );
     let third = rollguard(&["abort", "web", "-n", &ns, "--reason", "pager", "--no-wait"]);
     assert!(third.ok, "{}{}", third.stdout, third.stderr);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local environment (scripts/env up); run by make test"]
+async fn a_redeploy_runs_the_earlier_image_with_todays_env_as_a_release_of_its_own() {
+    let sc = Scenario {
+        replicas: Some(2),
+        ready_delay: Some("1s"),
+        ..Scenario::default()
+    };
+    let fx = Fixture::new("redeploy", &sc).await;
+    let _controller = fx.controller();
+    fx.initialized().await;
+    fx.promoted(GOOD_B, 2).await;
+    let ns = fx.ns.name.clone();
+
+    // The serving release onto its own configuration changes nothing: refused by the CLI.
+    let r = rollguard(&["redeploy", "web", "-n", &ns, "--to", "bbbbb"]);
+    assert!(
+        !r.ok && r.stderr.contains("serving"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+
+    let r = rollguard(&[
+        "redeploy",
+        "web",
+        "-n",
+        &ns,
+        "--to",
+        "aaaaa",
+        "--reason",
+        "1.6 leaks; keep today's settings",
+    ]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    println!("{}", r.stdout);
+    let made = rollguard::redeploy::release_name("web-aaaaaaaaaa", "web-bbbbbbbbbb");
+    for expected in [
+        "redeploy of",
+        "what differs between aaaaa's snapshot and today's template:",
+        r#"container web: env RELEASE "aaaaa" → today "bbbbb""#,
+        "chosen: today's configuration",
+        "redeploy web web-bbbbbbbbbb → web-aaaaaaaaaa's images on web-bbbbbbbbbb's configuration",
+        "with today's env, resources, probes and ports: no build needed",
+        &format!("all 2 replicas of {made} ready"),
+        "redeploy complete in",
+    ] {
+        assert!(r.stdout.contains(expected), "{expected:?} in\n{}", r.stdout);
+    }
+    assert_eq!(
+        r.stdout
+            .lines()
+            .filter(|l| l.ends_with(": ready ✓"))
+            .count(),
+        2,
+        "{}",
+        r.stdout
+    );
+
+    // The earlier image, today's environment.
+    let (image, env) = serving(&fx).await;
+    assert!(image.ends_with(GOOD_A), "{image}");
+    assert_eq!(env, "bbbbb", "today's env is kept");
+    let s = fx.status().await;
+    assert_eq!(s.phase, Some(RolloutPhase::RolledBack));
+    assert_eq!(
+        s.stable.as_ref().map(|r| r.release.as_str()),
+        Some(made.as_str())
+    );
+    let release = fx
+        .releases
+        .get(&made)
+        .await
+        .expect("the redeploy's Release");
+    let redeploy = release.spec.redeploy.clone().expect("marked a redeploy");
+    assert_eq!(
+        (redeploy.images_of.as_str(), redeploy.config_of.as_str()),
+        ("web-aaaaaaaaaa", "web-bbbbbbbbbb")
+    );
+    assert_eq!(release.spec.deployed_by.as_deref(), Some("admin"));
+    assert_eq!(
+        release.status.and_then(|s| s.phase),
+        Some(ReleasePhase::Stable)
+    );
+    assert_eq!(
+        fx.release_phase(GOOD_B).await,
+        Some(ReleasePhase::Superseded)
+    );
+    let a = fx.release(GOOD_A).await.status.expect("status");
+    assert!(
+        a.history
+            .iter()
+            .any(|h| h.action == "redeploy-images-of" && h.by == "admin"),
+        "{:?}",
+        a.history
+    );
+
+    // The history lists it as its own row, current, made of A's images.
+    let h = rollguard(&["history", "web", "-n", &ns, "-o", "json"]);
+    assert!(h.ok, "{}", h.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&h.stdout).expect("json");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["release"] == made.as_str()))
+        .unwrap_or_else(|| panic!("{made} in {rows}"));
+    assert_eq!(row["standing"], "Current");
+    assert_eq!(row["redeployOf"], "web-aaaaaaaaaa");
+    // A version names the release first made of it, not its redeploy.
+    let r = rollguard(&["rollback", "web", "-n", &ns, "--to", "bbbbb", "--no-wait"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("to web-bbbbbbbbbb"), "{}", r.stdout);
+    // The target declares B again once it serves: Stable.
+    fx.wait_phase(RolloutPhase::Stable, Some(GOOD_B), Duration::from_secs(60))
+        .await;
     fx.cleanup().await;
 }
