@@ -630,7 +630,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["rollguard", "redeploy", "web", "--to", "1.5.0", "--strict"])
                 .expect("parses");
-        assert!(matches!(cli.command, Command::Redeploy(a) if a.to == "1.5.0" && a.strict));
+        assert!(matches!(cli.command, Command::Redeploy(a) if a.to == "1.5.0" && a.m.strict));
     }
 
     #[test]

@@ -2,13 +2,11 @@
 //! between that Release's snapshot and today's template before it acts, says which one runs,
 //! then follows the redeploy like a rollback.
 
-use std::time::Duration;
-
 use crate::api::release::Release;
 use crate::history::{rollback_target, rows};
 use crate::rollout::plan::{Request, RequestAction};
 
-use super::rollback::{Follow, lift_or_refuse, send_and_follow};
+use super::rollback::{ManualArgs, lift_or_refuse, send_and_follow};
 
 #[derive(Debug, clap::Args)]
 pub struct RedeployArgs {
@@ -18,30 +16,8 @@ pub struct RedeployArgs {
     /// The Release whose images run: its name, version, or a digest prefix (7+ hex).
     #[arg(long)]
     pub to: String,
-    /// Why; recorded in the Releases' history and the Event.
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// Take the images of an Unstable Release: lifts its verdict first (recorded as your
-    /// override), with this reason.
-    #[arg(long)]
-    pub override_reason: Option<String>,
-    /// Mark the release redeployed from Unstable, with this reason. Without it, it becomes
-    /// Superseded.
-    #[arg(long)]
-    pub unstable: Option<String>,
-    /// Refuse when the preflight finds a schema migration since the release whose images run.
-    #[arg(long)]
-    pub strict: bool,
-    /// Return once the request is sent, without printing the log.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// `json`: one object at the end with the request, the differences, the outcome and the log.
-    #[arg(short = 'o', long, value_enum, default_value_t = super::args::Output::Text)]
-    pub output: super::args::Output,
-    /// Stop waiting after this long (the redeploy goes on in the controller); the Rollout's
-    /// progress deadline when unset.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub m: ManualArgs,
 }
 
 pub async fn run(a: RedeployArgs) -> anyhow::Result<()> {
@@ -64,7 +40,7 @@ pub async fn run(a: RedeployArgs) -> anyhow::Result<()> {
     let (then, today) = (find(&target.release)?, find(&serving)?);
     let label = target.version.as_deref().unwrap_or(&target.digest);
     let today_label = today.spec.version.as_deref().unwrap_or(&serving);
-    let json = a.output == super::args::Output::Json;
+    let json = a.m.output == super::args::Output::Json;
     let diff = crate::redeploy::config_diff(&then.spec.pod_template, &today.spec.pod_template);
     let action = if diff.is_empty() {
         if !json {
@@ -99,7 +75,7 @@ pub async fn run(a: RedeployArgs) -> anyhow::Result<()> {
     } else {
         "roll back to"
     };
-    lift_or_refuse(&client, &ns, target, a.override_reason.as_deref(), verb).await?;
+    lift_or_refuse(&client, &ns, target, a.m.override_reason.as_deref(), verb).await?;
     let warnings = if action == RequestAction::Redeploy {
         // Today's configuration runs, so nothing of it needs restoring; a migration made since
         // the images were current is not undone.
@@ -118,7 +94,7 @@ pub async fn run(a: RedeployArgs) -> anyhow::Result<()> {
     for w in warnings.iter().filter(|_| !json) {
         println!("warning: {w}");
     }
-    if a.strict && !warnings.is_empty() {
+    if a.m.strict && !warnings.is_empty() {
         anyhow::bail!(
             "refused by --strict: the preflight found {} warning(s)",
             warnings.len()
@@ -128,16 +104,10 @@ pub async fn run(a: RedeployArgs) -> anyhow::Result<()> {
         id: String::new(),
         action,
         by: String::new(),
-        reason: a.reason.clone(),
+        reason: a.m.reason.clone(),
         to: Some(target.release.clone()),
-        unstable: a.unstable.clone(),
+        unstable: a.m.unstable.clone(),
         warnings,
     };
-    let follow = Follow {
-        no_wait: a.no_wait,
-        output: a.output,
-        timeout: a.timeout,
-        diff,
-    };
-    send_and_follow(&client, &ns, &ro, request, label, &follow).await
+    send_and_follow(&client, &ns, &ro, request, label, &a.m, &diff).await
 }

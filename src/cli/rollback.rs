@@ -22,30 +22,39 @@ pub struct RollbackArgs {
     /// release before the current one that can be rolled back to when unset.
     #[arg(long)]
     pub to: Option<String>,
-    /// Why; recorded in both Releases' history and the Event.
+    #[command(flatten)]
+    pub m: ManualArgs,
+}
+
+/// What `rollback` and `redeploy` share: the request's reason and marks, the preflight's
+/// strictness, and how the CLI waits.
+#[derive(Debug, clap::Args)]
+pub struct ManualArgs {
+    /// Why; recorded in the Releases' history and the Event.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Roll back to an Unstable Release: lifts its verdict first (recorded as your override),
-    /// with this reason.
+    /// Take an Unstable Release: lifts its verdict first (recorded as your override), with
+    /// this reason.
     #[arg(long)]
     pub override_reason: Option<String>,
-    /// Mark the release rolled back from Unstable, with this reason. Without it, it becomes
-    /// Superseded: a rollback by hand is not a verdict.
+    /// Mark the release replaced Unstable, with this reason. Without it, it becomes
+    /// Superseded: a rollback or redeploy by hand is not a verdict.
     #[arg(long)]
     pub unstable: Option<String>,
-    /// Refuse when the preflight finds anything the rollback cannot restore (a ConfigMap that
-    /// changed since the release, a Secret, a volume on a claim, a schema migration since).
+    /// Refuse when the preflight warns (rollback: a ConfigMap that changed since the release,
+    /// a Secret, a volume on a claim, a schema migration since; redeploy: a schema migration
+    /// since).
     #[arg(long)]
     pub strict: bool,
     /// Return once the request is sent, without printing the log.
     #[arg(long)]
     pub no_wait: bool,
-    /// `json`: one object at the end with the request, the preflight warnings, the outcome and
-    /// the log.
+    /// `json`: one object at the end with the request, the warnings (and a redeploy's
+    /// differences), the outcome and the log.
     #[arg(short = 'o', long, value_enum, default_value_t = super::args::Output::Text)]
     pub output: super::args::Output,
-    /// Stop waiting after this long (the rollback goes on in the controller); the Rollout's
-    /// progress deadline when unset.
+    /// Stop waiting after this long (it goes on in the controller); the Rollout's progress
+    /// deadline when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
 }
@@ -59,18 +68,18 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
         &client,
         &ns,
         target,
-        a.override_reason.as_deref(),
+        a.m.override_reason.as_deref(),
         "roll back to",
     )
     .await?;
     let warnings = preflight(&client, &ns, &releases, &target.release).await;
-    let json = a.output == super::args::Output::Json;
+    let json = a.m.output == super::args::Output::Json;
     for w in &warnings {
         if !json {
             println!("warning: {w}");
         }
     }
-    if a.strict && !warnings.is_empty() {
+    if a.m.strict && !warnings.is_empty() {
         anyhow::bail!(
             "refused by --strict: the preflight found {} thing(s) the rollback cannot restore",
             warnings.len()
@@ -80,28 +89,13 @@ pub async fn run(a: RollbackArgs) -> anyhow::Result<()> {
         id: String::new(),
         action: RequestAction::Rollback,
         by: String::new(),
-        reason: a.reason.clone(),
+        reason: a.m.reason.clone(),
         to: Some(target.release.clone()),
-        unstable: a.unstable.clone(),
+        unstable: a.m.unstable.clone(),
         warnings,
     };
     let label = target.version.as_deref().unwrap_or(&target.digest);
-    let follow = Follow {
-        no_wait: a.no_wait,
-        output: a.output,
-        timeout: a.timeout,
-        diff: Vec::new(),
-    };
-    send_and_follow(&client, &ns, &ro, request, label, &follow).await
-}
-
-/// How the CLI waits for a rollback or a redeploy it sent.
-pub(super) struct Follow {
-    pub no_wait: bool,
-    pub output: super::args::Output,
-    pub timeout: Option<Duration>,
-    /// `redeploy`: what differs between the snapshot and today's template (in the JSON).
-    pub diff: Vec<String>,
+    send_and_follow(&client, &ns, &ro, request, label, &a.m, &[]).await
 }
 
 /// Sends a rollback or redeploy request, then prints its log as it happens (or, with `-o json`,
@@ -112,7 +106,8 @@ pub(super) async fn send_and_follow(
     ro: &Rollout,
     request: Request,
     label: &str,
-    follow: &Follow,
+    follow: &ManualArgs,
+    diff: &[String],
 ) -> anyhow::Result<()> {
     let name = ro.metadata.name.clone().unwrap_or_default();
     let rollouts = Api::<Rollout>::namespaced(client.clone(), ns);
@@ -151,7 +146,7 @@ pub(super) async fn send_and_follow(
             "by": sent.by,
             "to": to,
             "warnings": warnings,
-            "differences": follow.diff,
+            "differences": diff,
             "outcome": state,
             "error": outcome.as_ref().err().map(ToString::to_string),
             "log": record.as_ref().map(lines).unwrap_or_default(),

@@ -114,6 +114,37 @@ async fn the_charts_service_account_runs_a_rollback_and_names_a_missing_permissi
             .is_some_and(|h| h.ends_with(&format!("-{}", controller.id())))
     );
 
+    // Pods: listed (a rollback by hand names each pod as it becomes ready), never watched or
+    // written.
+    for (verb, want) in [
+        ("list", "yes"),
+        ("watch", "no"),
+        ("delete", "no"),
+        ("patch", "no"),
+    ] {
+        let r = run(
+            "kubectl",
+            &[
+                "--kubeconfig",
+                &kubeconfig,
+                "auth",
+                "can-i",
+                verb,
+                "pods",
+                "-n",
+                &fx.ns.name,
+            ],
+            None,
+        );
+        assert_eq!(
+            r.stdout.trim(),
+            want,
+            "{verb} pods: {}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+
     // Take `patch` on HTTPRoutes away from the chart's ClusterRole.
     let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(fx.ns.client.clone());
     let mut role = roles.get(&account).await.expect("the chart's ClusterRole");
