@@ -12,6 +12,9 @@ const CONTAINER_LISTS: [&str; 2] = ["initContainers", "containers"];
 /// The pod labels that name a version: they describe the images, so they follow them.
 pub const VERSION_LABELS: [&str; 2] = ["app.kubernetes.io/version", "version"];
 
+/// The longest Release name (an object name, a DNS subdomain).
+pub const MAX_NAME: usize = 253;
+
 /// The most difference lines printed; the rest are counted.
 pub const MAX_DIFF_LINES: usize = 40;
 

@@ -63,6 +63,13 @@ impl Planner<'_> {
                 config_of: config_of.release,
             };
             let name = crate::redeploy::release_name(&redeploy.images_of, &redeploy.config_of);
+            if name.len() > crate::redeploy::MAX_NAME {
+                return Err(format!(
+                    "{name} would be longer than a Release name may be ({} characters); redeploy \
+                     the images of the release first made of them instead",
+                    crate::redeploy::MAX_NAME
+                ));
+            }
             if let Some(r) = self.release(&name)
                 && r.phase == Some(ReleasePhase::Unstable)
                 && !r.overridden

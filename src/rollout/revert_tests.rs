@@ -526,3 +526,27 @@ fn the_log_names_each_pod_once_when_it_became_ready() {
         log(&p)
     );
 }
+
+#[test]
+fn a_redeploy_whose_name_would_be_too_long_is_refused() {
+    let long = format!("c-{}", "a".repeat(250));
+    let mut o = obs(1000, None);
+    o.releases.push(ReleaseView {
+        name: long.clone(),
+        ..release(OLDER, ReleasePhase::Superseded)
+    });
+    let mut req = redeploy(OLDER);
+    req.to = Some(long);
+    o.request = Some(Ok(req));
+    let p = run(&stable_status(), &o);
+    assert!(
+        log(&p)[0].contains("longer than a Release name may be"),
+        "{:?}",
+        log(&p)
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateRedeploy { .. }))
+    );
+}
