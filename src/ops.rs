@@ -315,12 +315,14 @@ pub fn render_status(ro: &Rollout, releases: &[Release]) -> String {
         );
     }
     if let Some(mr) = &s.manual_rollback {
-        let what = if mr.redeploy.is_some() {
-            "Redeploy"
-        } else {
-            "Rollback"
-        };
-        let _ = writeln!(out, "  {what} by hand ({}):", mr.step);
+        let word = mr.word();
+        let _ = writeln!(
+            out,
+            "  {}{} by hand ({}):",
+            word[..1].to_uppercase(),
+            &word[1..],
+            mr.step
+        );
         for line in crate::history::log_lines(mr) {
             let _ = writeln!(out, "    {line}");
         }

@@ -166,6 +166,17 @@ pub fn warnings(
     out
 }
 
+/// The Releases recorded after `target` (the ones a return to it goes back past), in any
+/// order.
+pub fn released_after<'a>(releases: &'a [Release], target: &Release) -> Vec<&'a Release> {
+    let created = target.metadata.creation_timestamp.as_ref().map(|c| c.0);
+    releases
+        .iter()
+        .filter(|r| r.metadata.name != target.metadata.name)
+        .filter(|r| r.metadata.creation_timestamp.as_ref().map(|c| c.0) > created)
+        .collect()
+}
+
 /// The releases in `since` (deployed after the one labelled `label`) that migrated a schema:
 /// going back to `label`'s images does not undo them, by rollback or by redeploy.
 pub fn migrations(label: &str, since: &[&Release]) -> Vec<String> {
@@ -239,6 +250,29 @@ mod tests {
                 ],
             },
         })
+    }
+
+    #[test]
+    fn released_after_means_recorded_later_than_the_target() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |version: &str, secs: i64| {
+            let mut r = release(version, json!({}), Vec::new());
+            r.metadata.creation_timestamp = Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(secs).expect("time"),
+            ));
+            r
+        };
+        let all = [
+            at("1.4.0", 10),
+            at("1.5.0", 20),
+            at("1.6.0", 30),
+            at("1.7.0", 40),
+        ];
+        let names = |rs: Vec<&Release>| -> Vec<String> {
+            rs.iter().filter_map(|r| r.spec.version.clone()).collect()
+        };
+        assert_eq!(names(released_after(&all, &all[1])), ["1.6.0", "1.7.0"]);
+        assert!(released_after(&all, &all[3]).is_empty());
     }
 
     fn release(version: &str, template: Value, hashes: Vec<ConfigHash>) -> Release {

@@ -79,12 +79,7 @@ pub async fn run(a: RedeployArgs) -> anyhow::Result<()> {
     let warnings = if action == RequestAction::Redeploy {
         // Today's configuration runs, so nothing of it needs restoring; a migration made since
         // the images were current is not undone.
-        let created = then.metadata.creation_timestamp.as_ref().map(|c| c.0);
-        let since: Vec<&Release> = releases
-            .iter()
-            .filter(|r| r.metadata.name != then.metadata.name)
-            .filter(|r| r.metadata.creation_timestamp.as_ref().map(|c| c.0) > created)
-            .collect();
+        let since = crate::preflight::released_after(&releases, then);
         let mut w = crate::preflight::migrations(label, &since);
         w.truncate(crate::rollout::plan::MAX_WARNINGS);
         w

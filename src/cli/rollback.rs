@@ -217,12 +217,7 @@ pub(super) async fn preflight(
             }
         }
     }
-    let created = t.metadata.creation_timestamp.as_ref().map(|c| c.0);
-    let since: Vec<&Release> = releases
-        .iter()
-        .filter(|r| r.metadata.name.as_deref() != Some(target))
-        .filter(|r| r.metadata.creation_timestamp.as_ref().map(|c| c.0) > created)
-        .collect();
+    let since = crate::preflight::released_after(releases, t);
     let mut warnings = crate::preflight::warnings(t, &now, &since);
     warnings.extend(unread);
     warnings.truncate(crate::rollout::plan::MAX_WARNINGS);

@@ -276,7 +276,7 @@ async fn stable_pods(ro: &Rollout, ctx: &Context) -> Option<Vec<PodView>> {
         s.phase == Some(RolloutPhase::Reverting)
             && s.manual_rollback
                 .as_ref()
-                .is_some_and(|m| matches!(m.step, RevertStep::Restore | RevertStep::Ready))
+                .is_some_and(|m| m.step == RevertStep::Ready)
     });
     if !waiting {
         return None;

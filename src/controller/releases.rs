@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 use super::apply::{Applier, owner};
 use super::error::ActionError;
 use crate::api::release::{ContainerImage, Redeploy, Release, ReleasePhase, ReleaseSpec};
-use crate::api::rollout::RevertStep;
 use crate::rollout::plan::ErrorKind;
-use crate::rollout::workload::{DEPLOYED_BY_ANNOTATION, ROLLOUT_LABEL, artifact, prunable};
+use crate::rollout::workload::{DEPLOYED_BY_ANNOTATION, ROLLOUT_LABEL, artifact, pinned, prunable};
 
 impl Applier<'_> {
     pub(super) async fn create_release(
@@ -211,27 +210,7 @@ impl Applier<'_> {
             .map_err(|e| self.refused(&e, "list", "Releases", "listing Releases"))?
             .items;
         list.sort_by_key(|r| std::cmp::Reverse(r.creation_timestamp().map(|t| t.0)));
-        let status = self.ro.status.clone().unwrap_or_default();
-        let mut pinned: Vec<String> = [status.stable, status.canary, status.previous_stable]
-            .into_iter()
-            .flatten()
-            .map(|r| r.release)
-            .collect();
-        // A rollback or redeploy by hand under way needs its target, and a redeploy the two
-        // Releases it is made of, until it is done.
-        if let Some(m) = status.manual_rollback.as_ref().filter(|m| {
-            !matches!(
-                m.step,
-                RevertStep::Done | RevertStep::Refused | RevertStep::Failed
-            )
-        }) {
-            pinned.extend(m.to.iter().map(|r| r.release.clone()));
-            pinned.extend(
-                m.redeploy
-                    .iter()
-                    .flat_map(|d| [d.images_of.clone(), d.config_of.clone()]),
-            );
-        }
+        let pinned = pinned(&self.ro.status.clone().unwrap_or_default());
         let newest_first: Vec<(String, Option<ReleasePhase>)> = list
             .iter()
             .map(|r| (r.name_any(), r.status.as_ref().and_then(|s| s.phase)))

@@ -109,6 +109,34 @@ pub fn controlled_by(
             .any(|r| r.uid == uid && r.kind == "Rollout" && r.controller == Some(true))
 }
 
+/// The Releases the Rollout's status points at, which pruning keeps: the stable, the canary,
+/// the previous stable and, while a rollback or redeploy by hand is under way, its target and
+/// the two Releases a redeploy is made of.
+pub fn pinned(status: &crate::api::rollout::RolloutStatus) -> Vec<String> {
+    use crate::api::rollout::RevertStep;
+    let refs = [&status.stable, &status.canary, &status.previous_stable];
+    let mut pinned: Vec<String> = refs
+        .into_iter()
+        .flatten()
+        .map(|r| r.release.clone())
+        .collect();
+    let under_way = status.manual_rollback.as_ref().filter(|m| {
+        !matches!(
+            m.step,
+            RevertStep::Done | RevertStep::Refused | RevertStep::Failed
+        )
+    });
+    if let Some(m) = under_way {
+        pinned.extend(m.to.iter().map(|r| r.release.clone()));
+        pinned.extend(
+            m.redeploy
+                .iter()
+                .flat_map(|d| [d.images_of.clone(), d.config_of.clone()]),
+        );
+    }
+    pinned
+}
+
 /// The Releases to delete, given newest first with their phases: those past the newest `keep`,
 /// except the ones the Rollout's status points at and every Unstable one. An Unstable verdict
 /// is what keeps its digest from being canaried again, so it lives as long as the Rollout.
@@ -386,6 +414,56 @@ mod tests {
             ["w-5", "w-3", "w-1"]
         );
         assert!(prunable(&newest_first, &[], 10).is_empty());
+    }
+
+    #[test]
+    fn a_rollback_or_redeploy_under_way_pins_what_it_needs_until_it_ends() {
+        use crate::api::rollout::{
+            ManualRollback, Redeploy, ReleaseRef, RevertStep, RolloutStatus,
+        };
+        let at = |release: &str| ReleaseRef {
+            release: release.into(),
+            ..ReleaseRef::default()
+        };
+        let status = |step: RevertStep| RolloutStatus {
+            stable: Some(at("w-b")),
+            previous_stable: Some(at("w-a")),
+            manual_rollback: Some(ManualRollback {
+                to: Some(at("w-c-on-1")),
+                redeploy: Some(Redeploy {
+                    images_of: "w-c".into(),
+                    config_of: "w-b".into(),
+                }),
+                step,
+                ..ManualRollback::default()
+            }),
+            ..RolloutStatus::default()
+        };
+        let cases = [
+            (
+                RevertStep::Withdraw,
+                vec!["w-b", "w-a", "w-c-on-1", "w-c", "w-b"],
+            ),
+            (
+                RevertStep::Restore,
+                vec!["w-b", "w-a", "w-c-on-1", "w-c", "w-b"],
+            ),
+            (
+                RevertStep::Ready,
+                vec!["w-b", "w-a", "w-c-on-1", "w-c", "w-b"],
+            ),
+            (
+                RevertStep::Record,
+                vec!["w-b", "w-a", "w-c-on-1", "w-c", "w-b"],
+            ),
+            (RevertStep::Done, vec!["w-b", "w-a"]),
+            (RevertStep::Refused, vec!["w-b", "w-a"]),
+            (RevertStep::Failed, vec!["w-b", "w-a"]),
+        ];
+        for (step, want) in cases {
+            assert_eq!(pinned(&status(step)), want, "{step:?}");
+        }
+        assert!(pinned(&RolloutStatus::default()).is_empty());
     }
 
     #[test]
